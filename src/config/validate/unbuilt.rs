@@ -1,0 +1,81 @@
+//! Keys the contract defines whose feature is not built yet.
+//!
+//! Accepting such a key and ignoring it would be worse than refusing it: an operator who sets
+//! `[sources.verify]` believes unauthenticated events are refused. So each one is a config
+//! problem until its feature lands, naming the issue that tracks it. Delete a line here when
+//! its feature is built.
+
+use super::Validator;
+use crate::config::load::KeyPath;
+use crate::config::{Config, DedupBackend};
+
+impl Validator<'_> {
+    pub(super) fn refuse_unbuilt(&mut self, config: &Config) {
+        let root = KeyPath::root();
+        let not_yet = |what: &str, issue: u32| {
+            format!("{what} is not built yet (tracked in issue #{issue}); remove this key for now")
+        };
+        if config.server.tls.is_some() {
+            let reason = not_yet("TLS termination", 3) + " and terminate TLS in front of hookgate";
+            self.problem(&root.key("server").key("tls"), reason);
+        }
+        if config.admin.is_some() {
+            self.problem(&root.key("admin"), not_yet("the admin listener", 5));
+        }
+        for (index, source) in config.sources.iter().enumerate() {
+            if source.verify.is_some() {
+                let key = root.key("sources").index(index).key("verify");
+                self.problem(&key, not_yet("inbound verification", 3));
+            }
+        }
+        if matches!(config.dedup.backend, DedupBackend::Redis { .. }) {
+            let key = root.key("dedup").key("backend");
+            self.problem(&key, not_yet("the redis dedup backend", 2));
+        }
+        for (name, quota) in [
+            ("per_client", config.rate_limit.per_client),
+            ("global", config.rate_limit.global),
+        ] {
+            if quota.is_some() {
+                let key = root.key("rate_limit").key(name);
+                self.problem(&key, not_yet("inbound rate limiting", 4));
+            }
+        }
+        for upstream in &config.upstreams {
+            let table = root.key("upstreams").key(upstream.name.as_str());
+            if upstream.rate_limit.is_some() {
+                self.problem(
+                    &table.key("rate_limit"),
+                    not_yet("upstream rate limiting", 4),
+                );
+            }
+            if !upstream.sign.is_empty() {
+                self.problem(&table.key("sign"), not_yet("signing forwarded events", 3));
+            }
+            if !upstream.redact.is_empty() {
+                self.problem(&table.key("redact"), not_yet("redaction", 3));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load::tests::with;
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn an_unbuilt_security_feature_is_refused_not_ignored() {
+        let text = with("[sources.verify]\nscheme = \"token\"\nsecret = \"s3cret\"\n");
+        let error = Config::from_toml_str(&text, Path::new("hookgate.toml")).unwrap_err();
+        assert_eq!(error.problems.len(), 1, "{error}");
+        assert_eq!(error.problems[0].key, "sources[0].verify");
+        assert!(
+            error
+                .to_string()
+                .contains("not built yet (tracked in issue #3)"),
+            "{error}"
+        );
+    }
+}
