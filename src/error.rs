@@ -1,0 +1,158 @@
+//! Errors on the request path, and the single place where they become HTTP answers.
+//!
+//! Every variant is an outcome the sender can see. Answers are JSON `{"error": "..."}` whose
+//! text says what was wrong with the request, never anything from the payload or a secret.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+/// A request that is answered without reaching an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No source is configured at the request path.
+    #[error("no webhook source is configured at this path")]
+    UnknownPath,
+    /// Sources accept POST only.
+    #[error("method not allowed: webhook sources accept POST only")]
+    MethodNotAllowed,
+    /// Content-Length, or the bytes read so far, exceed `max_body_bytes`.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The body did not arrive within `body_timeout`.
+    #[error("request body did not arrive in time")]
+    BodyTimeout,
+    /// The connection failed while the body was being read.
+    #[error("request body could not be read")]
+    BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The body is not JSON.
+    #[error("body is not valid JSON: {0}")]
+    InvalidJson(#[source] serde_json::Error),
+    /// Nothing at the source's event id pointer.
+    #[error("no event id at JSON pointer {pointer:?}")]
+    MissingEventId {
+        /// The source's `event_id` pointer.
+        pointer: String,
+    },
+    /// The event id is not a usable string or number.
+    #[error("event id at JSON pointer {pointer:?} {reason}")]
+    InvalidEventId {
+        /// The source's `event_id` pointer.
+        pointer: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Nothing at the source's event type pointer.
+    #[error("no event type at JSON pointer {pointer:?}")]
+    MissingEventType {
+        /// The source's `event_type` pointer.
+        pointer: String,
+    },
+    /// The event type is not a usable string.
+    #[error("event type at JSON pointer {pointer:?} {reason}")]
+    InvalidEventType {
+        /// The source's `event_type` pointer.
+        pointer: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+impl GatewayError {
+    /// The status the sender gets for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownPath => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyRead(_)
+            | Self::InvalidJson(_)
+            | Self::MissingEventId { .. }
+            | Self::InvalidEventId { .. }
+            | Self::MissingEventType { .. }
+            | Self::InvalidEventType { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Whether the connection must be closed after answering: the request body may be
+    /// partly unread, and no byte of it may ever be read as a next request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownPath
+                | Self::MethodNotAllowed
+                | Self::BodyTooLarge { .. }
+                | Self::BodyTimeout
+                | Self::BodyRead(_)
+        )
+    }
+
+    /// The answer to the sender.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let mut response = json_error(self.status(), &self.to_string());
+        if matches!(self, Self::MethodNotAllowed) {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+/// A JSON `{"error": message}` response with `status`.
+pub fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_its_contract_status() {
+        let cases = [
+            (GatewayError::UnknownPath, 404),
+            (GatewayError::MethodNotAllowed, 405),
+            (GatewayError::BodyTooLarge { limit: 1 }, 413),
+            (GatewayError::BodyTimeout, 408),
+            (
+                GatewayError::MissingEventId {
+                    pointer: "/event/id".into(),
+                },
+                400,
+            ),
+            (
+                GatewayError::InvalidEventType {
+                    pointer: "/event/type".into(),
+                    reason: "must be a string",
+                },
+                400,
+            ),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error}");
+        }
+    }
+
+    #[test]
+    fn error_body_is_json_with_the_reason() {
+        let response = GatewayError::MissingEventId {
+            pointer: "/event/id".into(),
+        }
+        .to_response();
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let method = GatewayError::MethodNotAllowed.to_response();
+        assert_eq!(method.headers()[ALLOW], "POST");
+    }
+}

@@ -1,0 +1,39 @@
+//! hookgate: a webhook gateway in front of legacy apps.
+//!
+//! A sender (FirstPromoter first of all) posts JSON events to one URL. hookgate answers with
+//! exactly what the chosen upstream answered, so the sender's semantics hold end to end:
+//! for `fulfilment_pending`, 200 means "fulfilled", another 2xx "keep pending", anything else
+//! "retry later".
+//!
+//! The one invariant: hookgate never answers 200 unless an upstream answered 200 for that event
+//! (now, or earlier and replayed from the dedup record).
+//!
+//! # Crate map, in the order a request travels
+//!
+//! - [`server`]: accepts connections (HTTP/1.1 and h2 on one port), bounds their number and
+//!   drains them on shutdown.
+//! - [`pipeline`]: [`pipeline::Gateway::handle`] runs the stages in the contract's order:
+//!   - [`pipeline::receive`]: source by path, method, bounded body (404/405/413/408);
+//!   - [`pipeline::parse`]: one JSON parse, event id and type at the source's pointers (400);
+//!   - [`pipeline::route`]: event type (+ payload matches) to upstream(s);
+//!   - [`pipeline::dedup`]: replay a recorded answer, join an in-flight forward, or claim it;
+//!   - [`pipeline::forward`]: the upstream request, in its own task so it outlives the sender;
+//!   - [`pipeline::relay`]: upstream answer(s) to the sender's response.
+//! - [`upstream`]: the one pooled HTTP client for every upstream.
+//! - [`config`]: the TOML file, typed and validated before anything binds.
+//! - [`error`]: request errors and their single mapping to statuses.
+//! - [`demo`]: `hookgate demo`, the quick start's round trip with an example legacy app.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod pipeline;
+pub mod server;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::run;

@@ -1,0 +1,280 @@
+//! Forward: send the event to one upstream and capture its complete answer.
+//!
+//! The caller runs this in a task of its own, so a sender that hangs up does not cancel the
+//! forward: the answer is still recorded and replayed to the sender's retry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::config::Upstream;
+use crate::upstream::HttpClient;
+
+/// Largest upstream answer kept; it is held in memory and in the dedup record.
+pub const MAX_UPSTREAM_BODY_BYTES: usize = 1024 * 1024;
+
+/// Header carrying the event id to the upstream.
+pub static EVENT_ID_HEADER: HeaderName = HeaderName::from_static("hookgate-event-id");
+/// Header carrying the event type to the upstream.
+pub static EVENT_TYPE_HEADER: HeaderName = HeaderName::from_static("hookgate-event-type");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the ones the
+/// upstream request sets itself (`host`, `content-length`).
+static NOT_FORWARDED: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::HOST,
+    &header::CONTENT_LENGTH,
+];
+
+/// An upstream's complete answer: what is relayed, and for 2xx what is recorded.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The upstream's status.
+    pub status: StatusCode,
+    /// The upstream's `content-type`, if any.
+    pub content_type: Option<HeaderValue>,
+    /// The upstream's body.
+    pub body: Bytes,
+}
+
+/// What came of forwarding one event to one upstream.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The upstream answered (any status).
+    Answered(Arc<Record>),
+    /// No complete answer within the upstream's `timeout`.
+    TimedOut,
+    /// No HTTP answer: refused, reset, DNS or TLS failure, malformed or oversized answer.
+    Unreachable,
+    /// The upstream already has `max_in_flight` requests open.
+    Busy,
+    /// The forward task ended without an outcome (it panicked); never recorded.
+    Lost,
+}
+
+/// One upstream with its runtime state.
+#[derive(Debug)]
+pub struct UpstreamTarget {
+    /// Name as an `Arc` for dedup keys.
+    pub name: Arc<str>,
+    /// Its configuration.
+    pub config: Upstream,
+    /// Permits for `max_in_flight`.
+    pub in_flight: Arc<Semaphore>,
+}
+
+impl UpstreamTarget {
+    /// Wraps a configured upstream.
+    pub fn new(config: Upstream) -> Self {
+        Self {
+            name: Arc::from(config.name.as_str()),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            config,
+        }
+    }
+}
+
+/// The part of an upstream request that is the same for every upstream of a fan-out.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Sender headers without hop-by-hop ones, plus forwarding headers.
+    pub headers: HeaderMap,
+    /// The original body bytes.
+    pub body: Bytes,
+}
+
+impl Delivery {
+    /// Prepares the headers the upstream receives: the sender's, minus hop-by-hop headers
+    /// (and any named in `Connection`), with `x-forwarded-*` and the event headers added.
+    pub fn new(
+        sender_headers: &HeaderMap,
+        client: SocketAddr,
+        proto: &'static str,
+        event_id: &str,
+        event_type: &str,
+        body: Bytes,
+    ) -> Self {
+        let mut headers = HeaderMap::with_capacity(sender_headers.len() + 4);
+        let connection_named: Vec<&str> = sender_headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .collect();
+        for (name, value) in sender_headers {
+            let hop_by_hop = NOT_FORWARDED.contains(&name)
+                || name.as_str().starts_with("proxy-")
+                || connection_named
+                    .iter()
+                    .any(|named| named.eq_ignore_ascii_case(name.as_str()));
+            if !hop_by_hop {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let client_ip = client.ip().to_string();
+        // Several `x-forwarded-for` lines are one list (RFC 9110 §5.3): keep every hop.
+        let previous: Vec<&str> = sender_headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .collect();
+        let forwarded_for = if previous.is_empty() {
+            client_ip
+        } else {
+            format!("{}, {client_ip}", previous.join(", "))
+        };
+        // Ids and types were checked to be printable ASCII, and an IP is, so these hold.
+        for (name, value) in [
+            (&X_FORWARDED_FOR, forwarded_for.as_str()),
+            (&EVENT_ID_HEADER, event_id),
+            (&EVENT_TYPE_HEADER, event_type),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name.clone(), value);
+            }
+        }
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        Self { headers, body }
+    }
+}
+
+/// Forwards `delivery` to `target` and waits for its whole answer, at most its `timeout`.
+pub async fn forward(client: &HttpClient, target: &UpstreamTarget, delivery: &Delivery) -> Outcome {
+    let Ok(_permit) = Arc::clone(&target.in_flight).try_acquire_owned() else {
+        return Outcome::Busy;
+    };
+    let upstream = &target.config;
+    let mut request = Request::new(Full::new(delivery.body.clone()));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = upstream.url.clone();
+    let headers = request.headers_mut();
+    headers.clone_from(&delivery.headers);
+    for (name, value) in &upstream.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+
+    let started = Instant::now();
+    let exchange = async {
+        let response = client.request(request).await.map_err(|error| {
+            tracing::debug!(upstream = %target.name, error = %error, "upstream request failed");
+        })?;
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_UPSTREAM_BODY_BYTES)
+            .collect()
+            .await
+            .map_err(|error| {
+                tracing::debug!(upstream = %target.name, error = %error, "upstream body failed");
+            })?
+            .to_bytes();
+        Ok::<_, ()>(Record {
+            status: parts.status,
+            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+            body,
+        })
+    };
+    let outcome = match tokio::time::timeout(upstream.timeout, exchange).await {
+        Ok(Ok(record)) => Outcome::Answered(Arc::new(record)),
+        Ok(Err(())) => Outcome::Unreachable,
+        Err(_elapsed) => Outcome::TimedOut,
+    };
+    log_attempt(target, &outcome, started.elapsed());
+    outcome
+}
+
+fn log_attempt(target: &UpstreamTarget, outcome: &Outcome, took: Duration) {
+    let status = match outcome {
+        Outcome::Answered(record) => record.status.as_u16(),
+        _ => 0,
+    };
+    tracing::debug!(
+        upstream = %target.name,
+        status,
+        outcome = ?std::mem::discriminant(outcome),
+        took_ms = took.as_millis() as u64,
+        "upstream attempt"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_dropped() {
+        let sender = headers(&[
+            ("connection", "keep-alive, x-drop-me"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "x"),
+            ("x-drop-me", "1"),
+            ("host", "gateway.example"),
+            ("content-type", "application/json"),
+            ("x-custom", "kept"),
+        ]);
+        let addr: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let delivery = Delivery::new(&sender, addr, "https", "42", "lead_signup", Bytes::new());
+        let names: Vec<&str> = delivery.headers.keys().map(|n| n.as_str()).collect();
+        for dropped in [
+            "connection",
+            "keep-alive",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "x-drop-me",
+            "host",
+        ] {
+            assert!(!names.contains(&dropped), "{dropped} was forwarded");
+        }
+        assert_eq!(delivery.headers["x-custom"], "kept");
+        assert_eq!(delivery.headers["content-type"], "application/json");
+        assert_eq!(delivery.headers["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(delivery.headers["x-forwarded-proto"], "https");
+        assert_eq!(delivery.headers["hookgate-event-id"], "42");
+        assert_eq!(delivery.headers["hookgate-event-type"], "lead_signup");
+    }
+
+    #[test]
+    fn x_forwarded_for_is_appended_to() {
+        let sender = headers(&[("x-forwarded-for", "203.0.113.9")]);
+        let addr: SocketAddr = "[::1]:1".parse().unwrap();
+        let delivery = Delivery::new(&sender, addr, "http", "1", "t", Bytes::new());
+        assert_eq!(delivery.headers["x-forwarded-for"], "203.0.113.9, ::1");
+
+        let mut sender = headers(&[("x-forwarded-for", "203.0.113.9, 198.51.100.1")]);
+        sender.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+        let delivery = Delivery::new(&sender, addr, "http", "1", "t", Bytes::new());
+        let values: Vec<_> = delivery.headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(values, ["203.0.113.9, 198.51.100.1, 198.51.100.7, ::1"]);
+    }
+}

@@ -1,0 +1,265 @@
+//! The request pipeline. [`Gateway::handle`] is the only place the stage order is written:
+//! receive → (authenticate) → parse → route → dedup → forward → relay.
+
+pub mod dedup;
+pub mod forward;
+pub mod parse;
+pub mod receive;
+pub mod relay;
+pub mod route;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Full;
+use hyper::body::Body;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Source};
+use crate::error::GatewayError;
+use crate::upstream::HttpClient;
+use dedup::{Claim, Dedup, DedupKey, Lease, OutcomeRx};
+use forward::{Delivery, Outcome, UpstreamTarget};
+use relay::Decision;
+use route::Router;
+
+/// Everything needed to serve requests, built once from a [`Config`].
+pub struct Gateway {
+    sources_by_path: HashMap<String, SourceEntry>,
+    router: Router,
+    upstreams: Vec<Arc<UpstreamTarget>>,
+    dedup: Arc<Dedup>,
+    client: HttpClient,
+    forwards: TaskTracker,
+    max_body_bytes: usize,
+    body_timeout: Duration,
+    respond_within: Duration,
+    unrouted_status: StatusCode,
+    proto: &'static str,
+}
+
+struct SourceEntry {
+    name: Arc<str>,
+    config: Source,
+}
+
+/// How one upstream's outcome reaches this request.
+enum Pending {
+    /// Already known (a replayed record).
+    Ready(Arc<Outcome>),
+    /// Arrives on this channel, from this request's forward or another's.
+    Waiting(OutcomeRx),
+}
+
+impl Gateway {
+    /// Builds the gateway state for `config`.
+    ///
+    /// # Errors
+    /// If the upstream HTTP client cannot be built.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let sources_by_path = config
+            .sources
+            .iter()
+            .map(|source| {
+                let entry = SourceEntry {
+                    name: Arc::from(source.name.as_str()),
+                    config: source.clone(),
+                };
+                (source.path.clone(), entry)
+            })
+            .collect();
+        Ok(Self {
+            sources_by_path,
+            router: Router::new(config.routes.clone()),
+            upstreams: config
+                .upstreams
+                .iter()
+                .map(|upstream| Arc::new(UpstreamTarget::new(upstream.clone())))
+                .collect(),
+            dedup: Arc::new(Dedup::new(config.dedup.ttl, config.dedup.max_entries)),
+            client: crate::upstream::build_client()?,
+            forwards: TaskTracker::new(),
+            max_body_bytes: config.server.max_body_bytes,
+            body_timeout: config.server.body_timeout,
+            respond_within: config.server.respond_within,
+            unrouted_status: config.server.unrouted_status,
+            proto: if config.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+        })
+    }
+
+    /// Forwards still running (some outlive their sender's request); shutdown waits on them.
+    pub fn forwards(&self) -> &TaskTracker {
+        &self.forwards
+    }
+
+    /// Answers one request. Never fails: every error becomes its contract status.
+    pub async fn handle<B>(&self, request: Request<B>, client: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let http1 = request.version() <= Version::HTTP_11;
+        match self.handle_event(request, client).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::info!(status = error.status().as_u16(), error = %error, "request refused");
+                let mut response = error.to_response();
+                // HTTP/1 only: h2 forbids connection headers and resets the stream instead.
+                if http1 && error.closes_connection() {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
+            }
+        }
+    }
+
+    async fn handle_event<B>(
+        &self,
+        request: Request<B>,
+        client: SocketAddr,
+    ) -> Result<Response<Full<Bytes>>, GatewayError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let source = self
+            .sources_by_path
+            .get(request.uri().path())
+            .ok_or(GatewayError::UnknownPath)?;
+        receive::check_method(request.method())?;
+        let (parts, body) = request.into_parts();
+        let body = receive::read_body(body, self.max_body_bytes, self.body_timeout).await?;
+        let event = parse::parse(&body, &source.config)?;
+
+        let Some(route) = self
+            .router
+            .find(&source.name, &event.event_type, &event.payload)
+        else {
+            tracing::info!(
+                source = %source.name,
+                event_id = %event.id,
+                event_type = %event.event_type,
+                status = self.unrouted_status.as_u16(),
+                "event unrouted"
+            );
+            return Ok(self.unrouted(&event.event_type));
+        };
+
+        let delivery = Arc::new(Delivery::new(
+            &parts.headers,
+            client,
+            self.proto,
+            &event.id,
+            &event.event_type,
+            body,
+        ));
+        let mut pending = Vec::with_capacity(route.upstreams.len());
+        let mut forwarded_here = false;
+        for &index in &route.upstreams {
+            let target = &self.upstreams[index];
+            let key = DedupKey::new(&source.name, &target.name, &event.id);
+            pending.push(match self.dedup.claim(key) {
+                Claim::Recorded(record) => Pending::Ready(Arc::new(Outcome::Answered(record))),
+                Claim::InFlight(outcome_rx) => Pending::Waiting(outcome_rx),
+                Claim::Leader(lease) => {
+                    forwarded_here = true;
+                    Pending::Waiting(self.spawn_forward(target, &delivery, lease))
+                }
+            });
+        }
+
+        let outcomes = wait_until(pending, started + self.respond_within).await;
+        let (mut response, decided_by) = match relay::decide(&outcomes) {
+            Decision::Outcome(position) => {
+                let outcome = outcomes[position].as_deref().unwrap_or(&Outcome::Lost);
+                (relay::respond(outcome), Some(position))
+            }
+            Decision::StillBusy => (relay::still_busy(), None),
+        };
+        if !forwarded_here {
+            relay::mark_duplicate(&mut response);
+        }
+        if tracing::enabled!(tracing::Level::INFO) {
+            let name = |index: usize| &*self.upstreams[index].name;
+            let upstreams: Vec<&str> = route.upstreams.iter().map(|&index| name(index)).collect();
+            tracing::info!(
+                source = %source.name,
+                event_id = %event.id,
+                event_type = %event.event_type,
+                route = route.index,
+                upstreams = %upstreams.join(","),
+                decided_by = decided_by.map_or("respond_within", |position| upstreams[position]),
+                status = response.status().as_u16(),
+                duplicate = !forwarded_here,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "event handled"
+            );
+        }
+        Ok(response)
+    }
+
+    /// Starts the forward in its own task: it must finish (and record a 2xx) even if the
+    /// sender hangs up or `respond_within` passes.
+    fn spawn_forward(
+        &self,
+        target: &Arc<UpstreamTarget>,
+        delivery: &Arc<Delivery>,
+        lease: Lease,
+    ) -> OutcomeRx {
+        let outcome_rx = lease.subscribe();
+        let client = self.client.clone();
+        let target = Arc::clone(target);
+        let delivery = Arc::clone(delivery);
+        self.forwards.spawn(async move {
+            let outcome = forward::forward(&client, &target, &delivery).await;
+            lease.complete(Arc::new(outcome));
+        });
+        outcome_rx
+    }
+
+    fn unrouted(&self, event_type: &str) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({
+            "status": "unrouted",
+            "message": format!("no route matches event type {event_type:?}; nothing was forwarded"),
+        });
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = self.unrouted_status;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+/// Waits for every outcome until `deadline`; those not known by then are `None`.
+async fn wait_until(pending: Vec<Pending>, deadline: Instant) -> Vec<Option<Arc<Outcome>>> {
+    let mut outcomes = Vec::with_capacity(pending.len());
+    for entry in pending {
+        outcomes.push(match entry {
+            Pending::Ready(outcome) => Some(outcome),
+            Pending::Waiting(mut outcome_rx) => {
+                match tokio::time::timeout_at(deadline, outcome_rx.wait_for(Option::is_some)).await
+                {
+                    Ok(Ok(outcome)) => outcome.clone(),
+                    // The forward task ended without publishing: it panicked.
+                    Ok(Err(_closed)) => Some(Arc::new(Outcome::Lost)),
+                    Err(_elapsed) => None,
+                }
+            }
+        });
+    }
+    outcomes
+}

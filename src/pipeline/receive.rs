@@ -1,0 +1,131 @@
+//! Receive: find the source by path, check the method, read the body within its size and
+//! time limits.
+//!
+//! The size limit is checked twice: up front against `Content-Length` (no byte read), and
+//! while streaming, because a chunked body announces no length.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Body;
+
+use crate::error::GatewayError;
+
+/// Rejects anything but POST.
+///
+/// # Errors
+/// [`GatewayError::MethodNotAllowed`] for any other method.
+pub fn check_method(method: &Method) -> Result<(), GatewayError> {
+    if method == Method::POST {
+        Ok(())
+    } else {
+        Err(GatewayError::MethodNotAllowed)
+    }
+}
+
+/// Reads the whole `body`, at most `limit` bytes, within `timeout`.
+///
+/// # Errors
+/// 413 when the body is (or announces itself) larger than `limit`, 408 when it is too slow,
+/// 400 when the connection breaks mid-body.
+pub async fn read_body<B>(body: B, limit: usize, timeout: Duration) -> Result<Bytes, GatewayError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(timeout, collect).await {
+        Err(_elapsed) => Err(GatewayError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => {
+            Err(GatewayError::BodyTooLarge { limit })
+        }
+        Ok(Err(error)) => Err(GatewayError::BodyRead(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use hyper::body::Frame;
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A body without a length: the given chunks, then either the end or nothing, forever.
+    struct Chunks {
+        chunks: VecDeque<Bytes>,
+        then_stall: bool,
+    }
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.chunks.pop_front() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None if self.then_stall => Poll::Pending,
+                None => Poll::Ready(None),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_within_the_limit_is_returned_unchanged() {
+        let body = Full::new(Bytes::from_static(b"{\"a\": 1}"));
+        let bytes = read_body(body, 8, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(&bytes[..], b"{\"a\": 1}");
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_over_the_limit_is_413_before_reading() {
+        let body = Full::new(Bytes::from_static(b"123456789"));
+        let error = read_body(body, 8, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, GatewayError::BodyTooLarge { limit: 8 }));
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_over_the_limit_is_413() {
+        let body = Chunks {
+            chunks: std::iter::repeat_n(Bytes::from_static(b"abc"), 4).collect(),
+            then_stall: false,
+        };
+        let error = read_body(body, 8, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, GatewayError::BodyTooLarge { limit: 8 }));
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_within_the_limit_is_joined() {
+        let body = Chunks {
+            chunks: std::iter::repeat_n(Bytes::from_static(b"abc"), 2).collect(),
+            then_stall: false,
+        };
+        let bytes = read_body(body, 8, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(&bytes[..], b"abcabc");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalls_is_408() {
+        let body = Chunks {
+            chunks: [Bytes::from_static(b"{")].into(),
+            then_stall: true,
+        };
+        let error = read_body(body, 8, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, GatewayError::BodyTimeout));
+    }
+}

@@ -1,0 +1,117 @@
+//! The listener: accepts connections, serves HTTP/1.1 and HTTP/2 (h2c by prior knowledge)
+//! on the same port, bounds the number of open connections, and drains on shutdown.
+
+pub mod signal;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, ServerConfig};
+use crate::pipeline::Gateway;
+
+/// Most headers accepted in one request head; more is a hostile or broken client.
+pub const MAX_HEADERS: usize = 100;
+/// HTTP/2 streams one client may have open at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `config` on an already bound `listener` until `shutdown` resolves, then stops
+/// accepting and lets in-flight requests and forwards finish within `shutdown_timeout`.
+///
+/// # Errors
+/// If the gateway cannot be built from `config` (the upstream client).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let gateway = Arc::new(Gateway::from_config(&config)?);
+    let builder = connection_builder(&config.server);
+    let graceful = GracefulShutdown::new();
+    let connection_slots = Arc::new(Semaphore::new(config.server.max_connections));
+    tokio::pin!(shutdown);
+
+    loop {
+        // Past max_connections, stop accepting: new clients wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = Arc::clone(&connection_slots).acquire_owned() => slot?,
+            () = &mut shutdown => break,
+        };
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed; retrying");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        configure_stream(&stream);
+        let gateway = Arc::clone(&gateway);
+        let service = service_fn(move |request| {
+            let gateway = Arc::clone(&gateway);
+            async move { Ok::<_, Infallible>(gateway.handle(request, client).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%client, error = %error, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+
+    drop(listener);
+    tracing::info!("shutting down: listener closed, draining in-flight requests");
+    gateway.forwards().close();
+    let drain = async {
+        graceful.shutdown().await;
+        gateway.forwards().wait().await;
+    };
+    if tokio::time::timeout(config.server.shutdown_timeout, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout = ?config.server.shutdown_timeout,
+            "shutdown_timeout passed with requests still in flight"
+        );
+    }
+    Ok(())
+}
+
+fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_timeout)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    builder
+}
+
+fn configure_stream(stream: &TcpStream) {
+    // Answers are small; waiting to coalesce them only adds latency.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
+}
