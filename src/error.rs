@@ -26,6 +26,10 @@ pub enum GatewayError {
     /// The body did not arrive within `body_timeout`.
     #[error("request body did not arrive in time")]
     BodyTimeout,
+    /// `Transfer-Encoding` names a coding other than one `chunked`: hookgate decodes no
+    /// others, and a body it cannot read must not be forwarded as if it were the payload.
+    #[error("unsupported transfer coding: only chunked is accepted")]
+    UnsupportedTransferCoding,
     /// The connection failed while the body was being read.
     #[error("request body could not be read")]
     BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -71,6 +75,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_)
+            | Self::UnsupportedTransferCoding
             | Self::InvalidJson(_)
             | Self::MissingEventId { .. }
             | Self::InvalidEventId { .. }
@@ -89,6 +94,7 @@ impl GatewayError {
                 | Self::BodyTooLarge { .. }
                 | Self::BodyTimeout
                 | Self::BodyRead(_)
+                | Self::UnsupportedTransferCoding
         )
     }
 
@@ -126,6 +132,7 @@ mod tests {
             (GatewayError::MethodNotAllowed, 405),
             (GatewayError::BodyTooLarge { limit: 1 }, 413),
             (GatewayError::BodyTimeout, 408),
+            (GatewayError::UnsupportedTransferCoding, 400),
             (
                 GatewayError::MissingEventId {
                     pointer: "/event/id".into(),

@@ -52,7 +52,7 @@ pub fn format_duration(d: Duration) -> String {
         .iter()
         .rev()
         .map(|&(name, per_unit)| (name, u128::from(per_unit)))
-        .find(|&(_, per_unit)| millis >= per_unit && millis % per_unit == 0)
+        .find(|&(_, per_unit)| millis >= per_unit && millis.is_multiple_of(per_unit))
         .map_or_else(
             || format!("{millis}ms"),
             |(name, per_unit)| format!("{}{name}", millis / per_unit),

@@ -575,7 +575,10 @@ upstreams = ["crm", "billing"]
         assert_eq!(config.dedup.ttl, Duration::from_secs(2 * 86_400));
         assert_eq!(config.dedup.max_entries, 5000);
         match &config.dedup.backend {
-            DedupBackend::Redis { url } => assert_eq!(url.expose(), "redis://10.0.0.5:6379/0"),
+            DedupBackend::Redis { url, key_prefix } => {
+                assert_eq!(url.expose(), "redis://10.0.0.5:6379/0");
+                assert_eq!(key_prefix, "hookgate");
+            }
             other => panic!("backend: {other:?}"),
         }
         let per_client = config.rate_limit.per_client.expect("per_client");

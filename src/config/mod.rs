@@ -47,6 +47,8 @@ pub mod defaults {
     pub const DEDUP_TTL: Duration = Duration::from_secs(48 * 3600);
     /// Default `[dedup] max_entries`.
     pub const DEDUP_MAX_ENTRIES: u64 = 1_000_000;
+    /// Default `[dedup] key_prefix` for the Redis backend.
+    pub const REDIS_KEY_PREFIX: &str = "hookgate";
     /// Default upstream `timeout`.
     pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default upstream `max_in_flight`.
@@ -208,6 +210,9 @@ pub enum DedupBackend {
     Redis {
         /// Connection URL.
         url: Secret,
+        /// Prefix of every key hookgate writes (`key_prefix`, default `hookgate`), so that
+        /// several deployments can share one Redis.
+        key_prefix: String,
     },
 }
 

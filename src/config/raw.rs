@@ -95,6 +95,7 @@ pub(crate) struct RawDedup {
     pub backend: Option<String>,
     pub redis_url: Option<String>,
     pub redis_url_env: Option<String>,
+    pub key_prefix: Option<String>,
 }
 
 /// `[rate_limit]`.

@@ -55,8 +55,10 @@ pub struct Record {
 /// What came of forwarding one event to one upstream.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The upstream answered (any status).
+    /// The upstream answered this forward (any status).
     Answered(Arc<Record>),
+    /// A 2xx answer recorded by an earlier forward (here or on another replica).
+    Replayed(Arc<Record>),
     /// No complete answer within the upstream's `timeout`.
     TimedOut,
     /// No HTTP answer: refused, reset, DNS or TLS failure, malformed or oversized answer.
@@ -65,6 +67,25 @@ pub enum Outcome {
     Busy,
     /// The forward task ended without an outcome (it panicked); never recorded.
     Lost,
+    /// The shared dedup backend (Redis) could not be asked, so forwarding could duplicate.
+    DedupUnavailable,
+    /// Another replica forwarded this event and failed, or did not finish in time.
+    FailedElsewhere,
+}
+
+impl Outcome {
+    /// The upstream's answer, fresh or replayed.
+    pub fn record(&self) -> Option<&Arc<Record>> {
+        match self {
+            Self::Answered(record) | Self::Replayed(record) => Some(record),
+            _ => None,
+        }
+    }
+
+    /// The answer to keep for replays: an upstream's 2xx, and nothing else.
+    pub fn recordable(&self) -> Option<&Arc<Record>> {
+        self.record().filter(|record| record.status.is_success())
+    }
 }
 
 /// One upstream with its runtime state.
@@ -198,10 +219,7 @@ pub async fn forward(client: &HttpClient, target: &UpstreamTarget, delivery: &De
 }
 
 fn log_attempt(target: &UpstreamTarget, outcome: &Outcome, took: Duration) {
-    let status = match outcome {
-        Outcome::Answered(record) => record.status.as_u16(),
-        _ => 0,
-    };
+    let status = outcome.record().map_or(0, |record| record.status.as_u16());
     tracing::debug!(
         upstream = %target.name,
         status,

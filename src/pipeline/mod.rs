@@ -1,5 +1,5 @@
 //! The request pipeline. [`Gateway::handle`] is the only place the stage order is written:
-//! receive → (authenticate) → parse → route → dedup → forward → relay.
+//! receive → (authenticate) → parse → route → dedup → settle (forward) → relay.
 
 pub mod dedup;
 pub mod forward;
@@ -7,6 +7,7 @@ pub mod parse;
 pub mod receive;
 pub mod relay;
 pub mod route;
+pub mod settle;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -61,7 +62,7 @@ impl Gateway {
     /// Builds the gateway state for `config`.
     ///
     /// # Errors
-    /// If the upstream HTTP client cannot be built.
+    /// If the upstream HTTP client or the Redis client cannot be built.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let sources_by_path = config
             .sources
@@ -82,7 +83,7 @@ impl Gateway {
                 .iter()
                 .map(|upstream| Arc::new(UpstreamTarget::new(upstream.clone())))
                 .collect(),
-            dedup: Arc::new(Dedup::new(config.dedup.ttl, config.dedup.max_entries)),
+            dedup: Arc::new(Dedup::from_config(&config.dedup)?),
             client: crate::upstream::build_client()?,
             forwards: TaskTracker::new(),
             max_body_bytes: config.server.max_body_bytes,
@@ -95,6 +96,11 @@ impl Gateway {
                 "http"
             },
         })
+    }
+
+    /// The dedup store (records, claims, and the Redis side if configured).
+    pub fn dedup(&self) -> &Dedup {
+        &self.dedup
     }
 
     /// Forwards still running (some outlive their sender's request); shutdown waits on them.
@@ -140,6 +146,7 @@ impl Gateway {
             .get(request.uri().path())
             .ok_or(GatewayError::UnknownPath)?;
         receive::check_method(request.method())?;
+        receive::check_transfer_coding(request.headers())?;
         let (parts, body) = request.into_parts();
         let body = receive::read_body(body, self.max_body_bytes, self.body_timeout).await?;
         let event = parse::parse(&body, &source.config)?;
@@ -167,21 +174,26 @@ impl Gateway {
             body,
         ));
         let mut pending = Vec::with_capacity(route.upstreams.len());
-        let mut forwarded_here = false;
+        let mut led = Vec::with_capacity(route.upstreams.len());
         for &index in &route.upstreams {
             let target = &self.upstreams[index];
             let key = DedupKey::new(&source.name, &target.name, &event.id);
-            pending.push(match self.dedup.claim(key) {
-                Claim::Recorded(record) => Pending::Ready(Arc::new(Outcome::Answered(record))),
+            let claim = self.dedup.claim(key);
+            led.push(matches!(claim, Claim::Leader(_)));
+            pending.push(match claim {
+                Claim::Recorded(record) => Pending::Ready(Arc::new(Outcome::Replayed(record))),
                 Claim::InFlight(outcome_rx) => Pending::Waiting(outcome_rx),
                 Claim::Leader(lease) => {
-                    forwarded_here = true;
-                    Pending::Waiting(self.spawn_forward(target, &delivery, lease))
+                    Pending::Waiting(self.spawn_settle(target, &delivery, lease))
                 }
             });
         }
 
         let outcomes = wait_until(pending, started + self.respond_within).await;
+        // Shared means: made by another request's forward, here or on another replica.
+        let shared = led.iter().zip(&outcomes).all(|(&led, outcome)| {
+            !led || matches!(outcome.as_deref(), Some(Outcome::Replayed(_)))
+        });
         let (mut response, decided_by) = match relay::decide(&outcomes) {
             Decision::Outcome(position) => {
                 let outcome = outcomes[position].as_deref().unwrap_or(&Outcome::Lost);
@@ -189,7 +201,7 @@ impl Gateway {
             }
             Decision::StillBusy => (relay::still_busy(), None),
         };
-        if !forwarded_here {
+        if shared {
             relay::mark_duplicate(&mut response);
         }
         if tracing::enabled!(tracing::Level::INFO) {
@@ -203,7 +215,7 @@ impl Gateway {
                 upstreams = %upstreams.join(","),
                 decided_by = decided_by.map_or("respond_within", |position| upstreams[position]),
                 status = response.status().as_u16(),
-                duplicate = !forwarded_here,
+                duplicate = shared,
                 duration_ms = started.elapsed().as_millis() as u64,
                 "event handled"
             );
@@ -211,22 +223,22 @@ impl Gateway {
         Ok(response)
     }
 
-    /// Starts the forward in its own task: it must finish (and record a 2xx) even if the
-    /// sender hangs up or `respond_within` passes.
-    fn spawn_forward(
+    /// Settles a led key in its own task: the forward must finish (and record a 2xx) even if
+    /// the sender hangs up or `respond_within` passes.
+    fn spawn_settle(
         &self,
         target: &Arc<UpstreamTarget>,
         delivery: &Arc<Delivery>,
         lease: Lease,
     ) -> OutcomeRx {
         let outcome_rx = lease.subscribe();
-        let client = self.client.clone();
-        let target = Arc::clone(target);
-        let delivery = Arc::clone(delivery);
-        self.forwards.spawn(async move {
-            let outcome = forward::forward(&client, &target, &delivery).await;
-            lease.complete(Arc::new(outcome));
-        });
+        self.forwards.spawn(settle::settle(
+            lease,
+            self.dedup.shared().cloned(),
+            self.client.clone(),
+            Arc::clone(target),
+            Arc::clone(delivery),
+        ));
         outcome_rx
     }
 

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Method;
+use http::header::TRANSFER_ENCODING;
+use http::{HeaderMap, Method};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body;
 
@@ -22,6 +23,25 @@ pub fn check_method(method: &Method) -> Result<(), GatewayError> {
         Ok(())
     } else {
         Err(GatewayError::MethodNotAllowed)
+    }
+}
+
+/// Refuses any transfer coding but a single `chunked`. hyper decodes `chunked` and refuses a
+/// last coding other than `chunked`, but accepts e.g. `gzip, chunked` and would hand over the
+/// still-gzipped bytes as the body.
+///
+/// # Errors
+/// [`GatewayError::UnsupportedTransferCoding`] for any other coding, or `chunked` twice.
+pub fn check_transfer_coding(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(coding), None) if coding.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(GatewayError::UnsupportedTransferCoding),
     }
 }
 
@@ -77,6 +97,24 @@ mod tests {
                 None => Poll::Ready(None),
             }
         }
+    }
+
+    #[test]
+    fn only_a_single_chunked_coding_is_accepted() {
+        let check = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(TRANSFER_ENCODING, value.parse().unwrap());
+            }
+            check_transfer_coding(&headers).is_ok()
+        };
+        assert!(check(&[]));
+        assert!(check(&["chunked"]));
+        assert!(check(&["Chunked "]));
+        assert!(!check(&["gzip, chunked"]));
+        assert!(!check(&["gzip", "chunked"]));
+        assert!(!check(&["chunked, chunked"]));
+        assert!(!check(&["identity"]));
     }
 
     #[tokio::test]

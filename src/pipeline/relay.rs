@@ -29,8 +29,8 @@ pub enum Decision {
 
 /// Applies the fan-out rule to outcomes in config order; `None` is an upstream still busy.
 pub fn decide(outcomes: &[Option<Arc<Outcome>>]) -> Decision {
-    let is_failure =
-        |outcome: &Outcome| !matches!(outcome, Outcome::Answered(r) if r.status.is_success());
+    // A replayed record is a 2xx like a fresh one: only what has no 2xx is a failure.
+    let is_failure = |outcome: &Outcome| outcome.recordable().is_none();
     if let Some(first_failure) = outcomes
         .iter()
         .position(|outcome| outcome.as_deref().is_some_and(is_failure))
@@ -40,16 +40,19 @@ pub fn decide(outcomes: &[Option<Arc<Outcome>>]) -> Decision {
     if outcomes.iter().any(Option::is_none) {
         return Decision::StillBusy;
     }
-    let first_not_200 = outcomes.iter().position(
-        |outcome| !matches!(outcome.as_deref(), Some(Outcome::Answered(r)) if r.status == StatusCode::OK),
-    );
+    let first_not_200 = outcomes.iter().position(|outcome| {
+        outcome
+            .as_deref()
+            .and_then(Outcome::record)
+            .is_none_or(|record| record.status != StatusCode::OK)
+    });
     Decision::Outcome(first_not_200.unwrap_or(0))
 }
 
 /// The sender's answer for one upstream outcome.
 pub fn respond(outcome: &Outcome) -> Response<Full<Bytes>> {
     match outcome {
-        Outcome::Answered(record) => {
+        Outcome::Answered(record) | Outcome::Replayed(record) => {
             let mut response = Response::new(Full::new(record.body.clone()));
             *response.status_mut() = record.status;
             if let Some(content_type) = &record.content_type {
@@ -74,6 +77,14 @@ pub fn respond(outcome: &Outcome) -> Response<Full<Bytes>> {
         Outcome::Busy => with_retry_after(json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the upstream has too many requests in flight; retry later",
+        )),
+        Outcome::DedupUnavailable => with_retry_after(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the dedup backend is unavailable, so the event was not forwarded; retry later",
+        )),
+        Outcome::FailedElsewhere => with_retry_after(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "another hookgate replica was forwarding this event and did not succeed; retry later",
         )),
     }
 }
@@ -139,6 +150,13 @@ mod tests {
             decide(&[answered(302), answered(200)]),
             Decision::Outcome(0)
         );
+        // A fan-out retry: the first upstream's 200 is replayed, the second fails again.
+        let replayed = Some(Arc::new(Outcome::Replayed(Arc::new(Record {
+            status: StatusCode::OK,
+            content_type: None,
+            body: Bytes::new(),
+        }))));
+        assert_eq!(decide(&[replayed, answered(500)]), Decision::Outcome(1));
     }
 
     #[test]
@@ -166,6 +184,12 @@ mod tests {
             assert_ne!(respond(&outcome).status(), StatusCode::OK);
         }
         assert_ne!(still_busy().status(), StatusCode::OK);
-        assert_eq!(respond(&Outcome::Busy).headers()[RETRY_AFTER], "1");
+        for retry_later in [
+            Outcome::Busy,
+            Outcome::DedupUnavailable,
+            Outcome::FailedElsewhere,
+        ] {
+            assert_eq!(respond(&retry_later).headers()[RETRY_AFTER], "1");
+        }
     }
 }

@@ -26,7 +26,7 @@ impl Router {
 }
 
 fn route_matches(route: &Route, source: &str, event_type: &str, payload: &Value) -> bool {
-    route.source.as_deref().map_or(true, |name| name == source)
+    route.source.as_deref().is_none_or(|name| name == source)
         && route
             .event_types
             .iter()

@@ -29,16 +29,29 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// accepting and lets in-flight requests and forwards finish within `shutdown_timeout`.
 ///
 /// # Errors
-/// If the gateway cannot be built from `config` (the upstream client).
+/// If the gateway cannot be built from `config` (the upstream or Redis client).
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway::from_config(&config)?);
-    let builder = connection_builder(&config.server);
+    serve(listener, gateway, &config.server, shutdown).await
+}
+
+/// Like [`run`], with a gateway built by the caller (who may keep a handle to inspect it).
+///
+/// # Errors
+/// Only if the connection limit's semaphore is closed, which does not happen.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    server: &ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let builder = connection_builder(server);
     let graceful = GracefulShutdown::new();
-    let connection_slots = Arc::new(Semaphore::new(config.server.max_connections));
+    let connection_slots = Arc::new(Semaphore::new(server.max_connections));
     tokio::pin!(shutdown);
 
     loop {
@@ -62,7 +75,16 @@ pub async fn run(
         let gateway = Arc::clone(&gateway);
         let service = service_fn(move |request| {
             let gateway = Arc::clone(&gateway);
-            async move { Ok::<_, Infallible>(gateway.handle(request, client).await) }
+            // In a task of its own: hyper drops a service future when its connection goes
+            // away, and a sender that hangs up right after its request must not cancel the
+            // handling before the forward is started (the retry gets the recorded answer).
+            let handling = tokio::spawn(async move { gateway.handle(request, client).await });
+            async move {
+                let response = handling
+                    .await
+                    .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -83,12 +105,12 @@ pub async fn run(
         graceful.shutdown().await;
         gateway.forwards().wait().await;
     };
-    if tokio::time::timeout(config.server.shutdown_timeout, drain)
+    if tokio::time::timeout(server.shutdown_timeout, drain)
         .await
         .is_err()
     {
         tracing::warn!(
-            timeout = ?config.server.shutdown_timeout,
+            timeout = ?server.shutdown_timeout,
             "shutdown_timeout passed with requests still in flight"
         );
     }

@@ -177,10 +177,17 @@ impl FakeUpstream {
 
     /// Waits until at least `n` requests have arrived (bounded by [`STEP`]).
     pub async fn wait_for_count(&self, n: usize) {
-        bounded(&format!("upstream to receive {n} request(s)"), async {
+        self.wait_until(&format!("upstream to receive {n} request(s)"), || {
+            self.count() >= n
+        })
+        .await
+    }
+
+    async fn wait_until(&self, what: &str, done: impl Fn() -> bool) {
+        bounded(what, async {
             loop {
                 let notified = self.state.arrived.notified();
-                if self.count() >= n {
+                if done() {
                     return;
                 }
                 notified.await;
@@ -238,6 +245,8 @@ async fn answer(
 /// A gateway serving on an ephemeral port; dropping it (or [`TestGateway::shutdown`]) stops it.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The running gateway's state, for tests that must observe it.
+    pub gateway: Arc<hookgate::pipeline::Gateway>,
     shutdown_tx: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -268,6 +277,17 @@ impl Drop for TestGateway {
     }
 }
 
+/// Polls `condition` every few milliseconds until it holds (bounded by [`STEP`]); for state
+/// that has no event to wait on.
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    bounded(what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 /// Loads `toml` (as if from `tests/<name>.toml`) and serves it on 127.0.0.1:0.
 pub async fn spawn_gateway(toml: &str) -> TestGateway {
     let config = hookgate::Config::from_toml_str(toml, Path::new("test-config.toml"))
@@ -282,11 +302,19 @@ pub async fn spawn_config(config: hookgate::Config) -> TestGateway {
         .expect("bind gateway");
     let addr = listener.local_addr().expect("gateway addr");
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(hookgate::run(listener, config, async {
-        let _ = shutdown_rx.await;
-    }));
+    let gateway = Arc::new(hookgate::pipeline::Gateway::from_config(&config).expect("gateway"));
+    let task = tokio::spawn({
+        let gateway = Arc::clone(&gateway);
+        async move {
+            let shutdown = async {
+                let _ = shutdown_rx.await;
+            };
+            hookgate::server::serve(listener, gateway, &config.server, shutdown).await
+        }
+    });
     TestGateway {
         addr,
+        gateway,
         shutdown_tx: Some(shutdown_tx),
         task: Some(task),
     }

@@ -250,7 +250,7 @@ fn is_base64(text: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
         && body.len() % 4 != 1
-        && (padding == 0 || text.len() % 4 == 0)
+        && (padding == 0 || text.len().is_multiple_of(4))
 }
 
 #[cfg(test)]

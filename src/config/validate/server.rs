@@ -188,6 +188,7 @@ impl Validator<'_> {
                 for (set, name) in [
                     (&raw.redis_url, "redis_url"),
                     (&raw.redis_url_env, "redis_url_env"),
+                    (&raw.key_prefix, "key_prefix"),
                 ] {
                     if set.is_some() {
                         self.problem(&key.key(name), "is only used with backend = \"redis\"");
@@ -198,15 +199,28 @@ impl Validator<'_> {
             "redis" => {
                 match self.literal_or_env(&key, "redis_url", raw.redis_url, raw.redis_url_env) {
                     Some((url, url_key)) => {
-                        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
-                        if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
+                        let schemes = ["redis://", "redis+unix://", "unix://"];
+                        if url.starts_with("rediss://") {
+                            self.problem(&url_key, "TLS to Redis (rediss://) is not supported yet; use redis:// on a private network or a local TLS tunnel");
+                        } else if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
                             // The URL may hold a password: say what is expected, not what was given.
+                            self.problem(&url_key, "must start with redis:// or unix://");
+                        }
+                        let key_prefix = raw
+                            .key_prefix
+                            .unwrap_or_else(|| defaults::REDIS_KEY_PREFIX.to_owned());
+                        if key_prefix.is_empty()
+                            || !key_prefix.bytes().all(|b| b.is_ascii_graphic())
+                        {
                             self.problem(
-                                &url_key,
-                                "must start with redis://, rediss:// or unix://",
+                                &key.key("key_prefix"),
+                                "must be non-empty printable ASCII without spaces",
                             );
                         }
-                        DedupBackend::Redis { url: Secret(url) }
+                        DedupBackend::Redis {
+                            url: Secret(url),
+                            key_prefix,
+                        }
                     }
                     None => DedupBackend::Memory,
                 }
@@ -328,7 +342,7 @@ mod tests {
             &with("[dedup]\nbackend = \"redis\"\nredis_url = \"http://pw@r\""),
             "dedup.redis_url",
         );
-        assert_eq!(p.reason, "must start with redis://, rediss:// or unix://");
+        assert_eq!(p.reason, "must start with redis:// or unix://");
     }
 
     #[test]

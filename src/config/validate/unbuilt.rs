@@ -7,7 +7,7 @@
 
 use super::Validator;
 use crate::config::load::KeyPath;
-use crate::config::{Config, DedupBackend};
+use crate::config::Config;
 
 impl Validator<'_> {
     pub(super) fn refuse_unbuilt(&mut self, config: &Config) {
@@ -27,10 +27,6 @@ impl Validator<'_> {
                 let key = root.key("sources").index(index).key("verify");
                 self.problem(&key, not_yet("inbound verification", 3));
             }
-        }
-        if matches!(config.dedup.backend, DedupBackend::Redis { .. }) {
-            let key = root.key("dedup").key("backend");
-            self.problem(&key, not_yet("the redis dedup backend", 2));
         }
         for (name, quota) in [
             ("per_client", config.rate_limit.per_client),

@@ -9,6 +9,12 @@
 //! The record lookup and the in-flight check happen under one short lock, and a leader
 //! records its answer *before* releasing its in-flight entry, so there is no moment when a
 //! newcomer can see neither and forward a second time.
+//!
+//! This in-process layer always runs. With the Redis backend ([`redis`]) a leader here also
+//! claims the key in Redis, so the same holds across replicas; the local records are then a
+//! copy that spares Redis a round trip for duplicates this replica has already seen.
+
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,7 +24,10 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use tokio::sync::watch;
 
+use self::redis::RedisStore;
 use super::forward::{Outcome, Record};
+use crate::config::DedupBackend;
+use crate::config::DedupConfig;
 
 /// Identifies one delivery target of one event.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -46,6 +55,7 @@ pub type OutcomeRx = watch::Receiver<Option<Arc<Outcome>>>;
 pub struct Dedup {
     records: Cache<DedupKey, Arc<Record>>,
     in_flight: Mutex<HashMap<DedupKey, OutcomeRx>>,
+    shared: Option<RedisStore>,
 }
 
 /// The result of [`Dedup::claim`].
@@ -59,7 +69,19 @@ pub enum Claim {
 }
 
 impl Dedup {
-    /// A store keeping records for `ttl`, at most `max_entries` of them.
+    /// The store `config` asks for.
+    ///
+    /// # Errors
+    /// If the Redis URL cannot be used.
+    pub fn from_config(config: &DedupConfig) -> anyhow::Result<Self> {
+        let mut dedup = Self::new(config.ttl, config.max_entries);
+        if let DedupBackend::Redis { url, key_prefix } = &config.backend {
+            dedup.shared = Some(RedisStore::new(url.expose(), key_prefix, config.ttl)?);
+        }
+        Ok(dedup)
+    }
+
+    /// An in-memory store keeping records for `ttl`, at most `max_entries` of them.
     pub fn new(ttl: Duration, max_entries: u64) -> Self {
         // LRU rather than moka's default TinyLFU: a fresh record must always be admitted,
         // or the retry of an event that was just fulfilled would be forwarded again.
@@ -71,6 +93,7 @@ impl Dedup {
         Self {
             records,
             in_flight: Mutex::new(HashMap::new()),
+            shared: None,
         }
     }
 
@@ -91,6 +114,11 @@ impl Dedup {
             outcome_tx,
             released: false,
         })
+    }
+
+    /// The Redis store, when records are shared across replicas.
+    pub fn shared(&self) -> Option<&RedisStore> {
+        self.shared.as_ref()
     }
 
     /// The recorded answer for `key`, if any.
@@ -124,6 +152,11 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The key this lease is for.
+    pub fn key(&self) -> &DedupKey {
+        &self.key
+    }
+
     /// A receiver for this lease's outcome.
     pub fn subscribe(&self) -> OutcomeRx {
         self.outcome_tx.subscribe()
