@@ -65,7 +65,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        tracing::info!(%listen, config = %config.path.display(), "hookgate listening");
+        let bound = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        tracing::info!(listen = %bound, config = %config.path.display(), "hookgate listening");
         let shutdown = hookgate::server::signal::shutdown_signal()
             .context("cannot install signal handlers")?;
         hookgate::run(listener, config, shutdown).await

@@ -1,0 +1,287 @@
+//! The `hookgate` binary: `check`, `serve`, config discovery, exit codes and SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookgate");
+
+/// A scratch directory for config files, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("hookgate-cli-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn write(&self, file: &str, text: &str) -> PathBuf {
+        let path = self.0.join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn hookgate(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("HOOKGATE_CONFIG")
+        .output()
+        .expect("run hookgate")
+}
+
+const VALID: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[sources]]
+name = "firstpromoter"
+path = "/fp"
+
+[upstreams.app]
+url = "http://127.0.0.1:9/hook"
+
+[[routes]]
+event_type = ["lead_*", "fulfilment_pending"]
+upstream = "app"
+"#;
+
+/// The shipped config.toml is valid, so the README's quick start cannot go stale silently.
+#[test]
+fn check_accepts_the_shipped_config_and_prints_the_route_table() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let out = hookgate(&["check", "--config", shipped.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(stdout.contains("fulfilment_pending"), "{stdout}");
+    assert!(
+        stdout.contains("-> billing (http://127.0.0.1:3000/firstpromoter)"),
+        "{stdout}"
+    );
+}
+
+/// Each validation rule gives a message naming the file, the key (with its line) and why;
+/// the exit status is 78 (EX_CONFIG).
+#[test]
+fn check_names_file_key_and_reason_for_each_invalid_config() {
+    let scratch = Scratch::new("invalid");
+    let cases: [(&str, &str, &str, &str); 9] = [
+        (
+            "unknown key",
+            "[server]\n",
+            "[server]\nlisten_adress = \"x\"\n",
+            "listen_adress",
+        ),
+        (
+            "unknown upstream",
+            "upstream = \"app\"",
+            "upstream = \"billing\"",
+            "routes[0].upstream",
+        ),
+        (
+            "unrouted 200",
+            "[server]\n",
+            "[server]\nunrouted_status = 200\n",
+            "server.unrouted_status",
+        ),
+        (
+            "bad glob",
+            "\"lead_*\"",
+            "\"lead_[ab]\"",
+            "routes[0].event_type",
+        ),
+        (
+            "bad pointer",
+            "path = \"/fp\"",
+            "path = \"/fp\"\nevent_id = \"event/id\"",
+            "sources[0].event_id",
+        ),
+        (
+            "bad url",
+            "http://127.0.0.1:9/hook",
+            "ftp://127.0.0.1/hook",
+            "upstreams.app.url",
+        ),
+        (
+            "duplicate path",
+            "[upstreams.app]",
+            "[[sources]]\nname = \"second\"\npath = \"/fp\"\n\n[upstreams.app]",
+            "sources[1].path",
+        ),
+        (
+            "zero duration",
+            "[server]\n",
+            "[server]\nrespond_within = \"0s\"\n",
+            "server.respond_within",
+        ),
+        (
+            "zero limit",
+            "[server]\n",
+            "[server]\nmax_connections = 0\n",
+            "server.max_connections",
+        ),
+    ];
+    for (what, old, new, key) in cases {
+        assert!(
+            VALID.contains(old),
+            "{what}: {old:?} not in the base config"
+        );
+        let path = scratch.write("hookgate.toml", &VALID.replacen(old, new, 1));
+        let out = hookgate(&["check", "--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{what}: {stderr}");
+        assert!(
+            stderr.contains(path.to_str().unwrap()),
+            "{what}: file not named: {stderr}"
+        );
+        assert!(
+            stderr.contains(key),
+            "{what}: key {key} not named: {stderr}"
+        );
+        assert!(stderr.contains("(line "), "{what}: no line: {stderr}");
+    }
+}
+
+/// The reasons are specific, not just "invalid".
+#[test]
+fn check_explains_why() {
+    let scratch = Scratch::new("why");
+    let path = scratch.write(
+        "c.toml",
+        &VALID
+            .replacen("[server]\n", "[server]\nunrouted_status = 200\n", 1)
+            .replacen("upstream = \"app\"", "upstream = \"billing\"", 1),
+    );
+    let out = hookgate(&["check", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("200"), "{stderr}");
+    assert!(stderr.contains("billing"), "{stderr}");
+    assert!(
+        stderr.contains("app"),
+        "known upstreams are listed: {stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        2,
+        "both problems, one line each: {stderr}"
+    );
+}
+
+/// A missing file is named in the error; nothing else happens.
+#[test]
+fn a_missing_config_file_is_named() {
+    let out = hookgate(&["check", "--config", "/nonexistent/hookgate.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr.contains("/nonexistent/hookgate.toml"), "{stderr}");
+}
+
+/// `HOOKGATE_CONFIG` replaces the default path; `--log-format` goes before or after the
+/// subcommand.
+#[test]
+fn hookgate_config_env_and_global_flags() {
+    let scratch = Scratch::new("env");
+    let path = scratch.write("from-env.toml", VALID);
+    for args in [
+        &["check", "--log-format", "json"][..],
+        &["--log-format", "text", "check"],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("HOOKGATE_CONFIG", &path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("from-env.toml: OK"));
+    }
+}
+
+/// `serve` refuses an invalid config before binding anything.
+#[test]
+fn serve_refuses_an_invalid_config() {
+    let scratch = Scratch::new("serve-invalid");
+    let path = scratch.write(
+        "c.toml",
+        &VALID.replacen("[server]\n", "[server]\nbogus = 1\n", 1),
+    );
+    let out = hookgate(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+}
+
+/// `hookgate` with no subcommand serves: a real round trip through the binary, then SIGTERM
+/// makes it exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_round_trip_then_sigterm_exits_zero() {
+    let upstream = FakeUpstream::start(Reply::json(200, r#"{"fulfilled":true}"#)).await;
+    let scratch = Scratch::new("serve");
+    let config = VALID.replace("http://127.0.0.1:9/hook", &upstream.url("/hook"));
+    let path = scratch.write("c.toml", &config);
+    let mut child = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap(), "--log-format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+
+    // The first log line with a listen address tells where it bound port 0.
+    let stdout = child.stdout.take().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) {
+                if let Some(listen) = log["listen"].as_str() {
+                    let _ = addr_tx.send(listen.to_owned());
+                }
+            }
+        }
+    });
+    let addr = addr_rx
+        .recv_timeout(STEP)
+        .expect("hookgate logged its listen address");
+
+    let answer = Sender::http1()
+        .post(&format!("http://{addr}/fp"), event(json!(1), "lead_signup"))
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(upstream.count(), 1);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + STEP;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hookgate did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
