@@ -80,9 +80,15 @@ pub async fn serve(
             // handling before the forward is started (the retry gets the recorded answer).
             let handling = tokio::spawn(async move { gateway.handle(request, client).await });
             async move {
-                let response = handling
-                    .await
-                    .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+                let response = match handling.await {
+                    Ok(response) => response,
+                    Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                    // Cancelled: the runtime is shutting down. Never a success.
+                    Err(_) => crate::error::json_error(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "hookgate is shutting down; retry later",
+                    ),
+                };
                 Ok::<_, Infallible>(response)
             }
         });
