@@ -129,23 +129,9 @@ async fn a_duplicate_on_another_replica_waits_for_the_forward_in_flight() {
     };
     let sender = Sender::http1();
 
-    let first = tokio::spawn({
-        let (sender, url) = (sender.clone(), a.url("/fp"));
-        async move {
-            sender
-                .post(&url, event(json!(42), "fulfilment_pending"))
-                .await
-        }
-    });
+    let first = sender.spawn_post(a.url("/fp"), event(json!(42), "fulfilment_pending"));
     upstream.wait_for_count(1).await; // A holds the claim and is forwarding
-    let second = tokio::spawn({
-        let (sender, url) = (sender.clone(), b.url("/fp"));
-        async move {
-            sender
-                .post(&url, event(json!(42), "fulfilment_pending"))
-                .await
-        }
-    });
+    let second = sender.spawn_post(b.url("/fp"), event(json!(42), "fulfilment_pending"));
     waiting_elsewhere(&b, 1).await;
     upstream.release(1);
     let (first, second) = (
@@ -170,23 +156,9 @@ async fn a_waiter_on_another_replica_gets_503_when_the_forward_fails() {
     };
     let sender = Sender::http1();
 
-    let first = tokio::spawn({
-        let (sender, url) = (sender.clone(), a.url("/fp"));
-        async move {
-            sender
-                .post(&url, event(json!(7), "fulfilment_pending"))
-                .await
-        }
-    });
+    let first = sender.spawn_post(a.url("/fp"), event(json!(7), "fulfilment_pending"));
     upstream.wait_for_count(1).await;
-    let second = tokio::spawn({
-        let (sender, url) = (sender.clone(), b.url("/fp"));
-        async move {
-            sender
-                .post(&url, event(json!(7), "fulfilment_pending"))
-                .await
-        }
-    });
+    let second = sender.spawn_post(b.url("/fp"), event(json!(7), "fulfilment_pending"));
     waiting_elsewhere(&b, 1).await;
     upstream.release(1);
     let (first, second) = (

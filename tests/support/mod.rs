@@ -398,6 +398,12 @@ impl Sender {
         self.send(request).await
     }
 
+    /// POSTs in a task of its own, for requests that must be in flight together.
+    pub fn spawn_post(&self, url: String, body: Bytes) -> tokio::task::JoinHandle<Answer> {
+        let sender = self.clone();
+        tokio::spawn(async move { sender.post(&url, body).await })
+    }
+
     /// Sends any request, bounded by [`STEP`].
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Answer {
         bounded("the gateway's answer", async {

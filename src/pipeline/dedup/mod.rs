@@ -272,6 +272,56 @@ mod tests {
     }
 
     #[test]
+    fn records_expire_after_the_ttl() {
+        let dedup = Arc::new(Dedup::new(Duration::from_millis(50), 100));
+        let Claim::Leader(lease) = dedup.claim(key("1")) else {
+            panic!("first claim must lead")
+        };
+        lease.complete(answered(200));
+        assert!(matches!(dedup.claim(key("1")), Claim::Recorded(_)));
+        // moka keeps its own clock, so wait for real (bounded), not with tokio's paused time.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !matches!(dedup.claim(key("1")), Claim::Leader(_)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "record outlived its ttl"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn records_are_bounded_by_max_entries() {
+        let dedup = Arc::new(Dedup::new(Duration::from_secs(60), 3));
+        for id in 0..50 {
+            let Claim::Leader(lease) = dedup.claim(key(&id.to_string())) else {
+                panic!("a new id must lead")
+            };
+            lease.complete(answered(200));
+        }
+        dedup.records.run_pending_tasks();
+        assert_eq!(dedup.record_count(), 3);
+        // Least recently used go first: the newest record is still there.
+        assert!(matches!(dedup.claim(key("49")), Claim::Recorded(_)));
+    }
+
+    #[test]
+    fn the_in_flight_map_is_empty_once_every_lease_ends() {
+        let dedup = store();
+        for id in 0..10 {
+            let Claim::Leader(lease) = dedup.claim(key(&id.to_string())) else {
+                panic!("a new id must lead")
+            };
+            if id % 2 == 0 {
+                lease.complete(answered(500));
+            } else {
+                drop(lease);
+            }
+        }
+        assert!(dedup.lock_in_flight().is_empty());
+    }
+
+    #[test]
     fn keys_differ_by_source_upstream_and_id() {
         let dedup = store();
         let Claim::Leader(lease) = dedup.claim(key("1")) else {
