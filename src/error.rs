@@ -33,6 +33,12 @@ pub enum GatewayError {
     /// The connection failed while the body was being read.
     #[error("request body could not be read")]
     BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Inbound verification failed (`[sources.verify]`).
+    #[error("unauthorized: {reason}")]
+    Unauthorized {
+        /// What was missing or wrong (never the expected value).
+        reason: &'static str,
+    },
     /// The body is not JSON.
     #[error("body is not valid JSON: {0}")]
     InvalidJson(#[source] serde_json::Error),
@@ -74,6 +80,7 @@ impl GatewayError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::BodyRead(_)
             | Self::UnsupportedTransferCoding
             | Self::InvalidJson(_)
@@ -132,6 +139,12 @@ mod tests {
             (GatewayError::MethodNotAllowed, 405),
             (GatewayError::BodyTooLarge { limit: 1 }, 413),
             (GatewayError::BodyTimeout, 408),
+            (
+                GatewayError::Unauthorized {
+                    reason: "invalid token",
+                },
+                401,
+            ),
             (GatewayError::UnsupportedTransferCoding, 400),
             (
                 GatewayError::MissingEventId {

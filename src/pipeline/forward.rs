@@ -14,7 +14,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::config::Upstream;
+use super::authenticate::now_unix;
+use super::sign::{Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
+use crate::config::{Secret, Upstream};
 use crate::upstream::HttpClient;
 
 /// Largest upstream answer kept; it is held in memory and in the dedup record.
@@ -97,16 +99,33 @@ pub struct UpstreamTarget {
     pub config: Upstream,
     /// Permits for `max_in_flight`.
     pub in_flight: Arc<Semaphore>,
+    /// Standard Webhooks signing keys, when `sign` is set.
+    pub signer: Option<Signer>,
 }
 
 impl UpstreamTarget {
     /// Wraps a configured upstream.
-    pub fn new(config: Upstream) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// If a `sign` secret does not decode (config validation refuses those first).
+    pub fn new(config: Upstream) -> anyhow::Result<Self> {
+        let signer = match config.sign.is_empty() {
+            true => None,
+            false => Some(
+                Signer::new(config.sign.iter().map(Secret::expose)).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "upstreams.{}.sign: a secret is not whsec_ base64",
+                        config.name
+                    )
+                })?,
+            ),
+        };
+        Ok(Self {
             name: Arc::from(config.name.as_str()),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            signer,
             config,
-        }
+        })
     }
 }
 
@@ -115,15 +134,19 @@ impl UpstreamTarget {
 pub struct Delivery {
     /// Sender headers without hop-by-hop ones, plus forwarding headers.
     pub headers: HeaderMap,
-    /// The original body bytes.
+    /// The body bytes to send: the original ones, or redacted for this upstream.
     pub body: Bytes,
+    /// The event id (`webhook-id` when signing).
+    pub event_id: String,
 }
 
 impl Delivery {
     /// Prepares the headers the upstream receives: the sender's, minus hop-by-hop headers
-    /// (and any named in `Connection`), with `x-forwarded-*` and the event headers added.
+    /// (and any named in `Connection`) and minus `credential` (hookgate's own inbound
+    /// token or Basic authorization), with `x-forwarded-*` and the event headers added.
     pub fn new(
         sender_headers: &HeaderMap,
+        credential: Option<&HeaderName>,
         client: SocketAddr,
         proto: &'static str,
         event_id: &str,
@@ -140,6 +163,7 @@ impl Delivery {
             .collect();
         for (name, value) in sender_headers {
             let hop_by_hop = NOT_FORWARDED.contains(&name)
+                || Some(name) == credential
                 || name.as_str().starts_with("proxy-")
                 || connection_named
                     .iter()
@@ -171,7 +195,20 @@ impl Delivery {
             }
         }
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-        Self { headers, body }
+        Self {
+            headers,
+            body,
+            event_id: event_id.to_owned(),
+        }
+    }
+
+    /// The same delivery with another body (a redacted one).
+    pub fn with_body(&self, body: Bytes) -> Self {
+        Self {
+            headers: self.headers.clone(),
+            body,
+            event_id: self.event_id.clone(),
+        }
     }
 }
 
@@ -188,6 +225,17 @@ pub async fn forward(client: &HttpClient, target: &UpstreamTarget, delivery: &De
     headers.clone_from(&delivery.headers);
     for (name, value) in &upstream.headers {
         headers.insert(name.clone(), value.clone());
+    }
+    if let Some(signer) = &target.signer {
+        // Signed over the bytes actually sent (after any redaction).
+        let timestamp = now_unix();
+        let signature = signer.signature(&delivery.event_id, timestamp, &delivery.body);
+        // The id was checked to be printable ASCII; a timestamp is digits.
+        if let Ok(id) = HeaderValue::from_str(&delivery.event_id) {
+            headers.insert(WEBHOOK_ID.clone(), id);
+        }
+        headers.insert(WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(timestamp));
+        headers.insert(WEBHOOK_SIGNATURE.clone(), signature);
     }
 
     let started = Instant::now();
@@ -260,7 +308,15 @@ mod tests {
             ("x-custom", "kept"),
         ]);
         let addr: SocketAddr = "10.1.2.3:5555".parse().unwrap();
-        let delivery = Delivery::new(&sender, addr, "https", "42", "lead_signup", Bytes::new());
+        let delivery = Delivery::new(
+            &sender,
+            None,
+            addr,
+            "https",
+            "42",
+            "lead_signup",
+            Bytes::new(),
+        );
         let names: Vec<&str> = delivery.headers.keys().map(|n| n.as_str()).collect();
         for dropped in [
             "connection",
@@ -286,12 +342,12 @@ mod tests {
     fn x_forwarded_for_is_appended_to() {
         let sender = headers(&[("x-forwarded-for", "203.0.113.9")]);
         let addr: SocketAddr = "[::1]:1".parse().unwrap();
-        let delivery = Delivery::new(&sender, addr, "http", "1", "t", Bytes::new());
+        let delivery = Delivery::new(&sender, None, addr, "http", "1", "t", Bytes::new());
         assert_eq!(delivery.headers["x-forwarded-for"], "203.0.113.9, ::1");
 
         let mut sender = headers(&[("x-forwarded-for", "203.0.113.9, 198.51.100.1")]);
         sender.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
-        let delivery = Delivery::new(&sender, addr, "http", "1", "t", Bytes::new());
+        let delivery = Delivery::new(&sender, None, addr, "http", "1", "t", Bytes::new());
         let values: Vec<_> = delivery.headers.get_all("x-forwarded-for").iter().collect();
         assert_eq!(values, ["203.0.113.9, 198.51.100.1, 198.51.100.7, ::1"]);
     }

@@ -1,13 +1,16 @@
 //! The request pipeline. [`Gateway::handle`] is the only place the stage order is written:
-//! receive → (authenticate) → parse → route → dedup → settle (forward) → relay.
+//! receive → authenticate → parse → route → dedup → settle (redact, sign, forward) → relay.
 
+pub mod authenticate;
 pub mod dedup;
 pub mod forward;
 pub mod parse;
 pub mod receive;
+pub mod redact;
 pub mod relay;
 pub mod route;
 pub mod settle;
+pub mod sign;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Source};
 use crate::error::GatewayError;
 use crate::upstream::HttpClient;
+use authenticate::Authenticator;
 use dedup::{Claim, Dedup, DedupKey, Lease, OutcomeRx};
 use forward::{Delivery, Outcome, UpstreamTarget};
 use relay::Decision;
@@ -48,6 +52,7 @@ pub struct Gateway {
 struct SourceEntry {
     name: Arc<str>,
     config: Source,
+    authenticator: Option<Authenticator>,
 }
 
 /// How one upstream's outcome reaches this request.
@@ -64,25 +69,29 @@ impl Gateway {
     /// # Errors
     /// If the upstream HTTP client or the Redis client cannot be built.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let sources_by_path = config
-            .sources
-            .iter()
-            .map(|source| {
-                let entry = SourceEntry {
-                    name: Arc::from(source.name.as_str()),
-                    config: source.clone(),
-                };
-                (source.path.clone(), entry)
-            })
-            .collect();
+        let mut sources_by_path = HashMap::with_capacity(config.sources.len());
+        for source in &config.sources {
+            let authenticator = match &source.verify {
+                None => None,
+                Some(verify) => Some(Authenticator::new(verify).ok_or_else(|| {
+                    anyhow::anyhow!("sources {:?}: cannot prepare verification", source.name)
+                })?),
+            };
+            let entry = SourceEntry {
+                name: Arc::from(source.name.as_str()),
+                config: source.clone(),
+                authenticator,
+            };
+            sources_by_path.insert(source.path.clone(), entry);
+        }
         Ok(Self {
             sources_by_path,
             router: Router::new(config.routes.clone()),
             upstreams: config
                 .upstreams
                 .iter()
-                .map(|upstream| Arc::new(UpstreamTarget::new(upstream.clone())))
-                .collect(),
+                .map(|upstream| UpstreamTarget::new(upstream.clone()).map(Arc::new))
+                .collect::<anyhow::Result<_>>()?,
             dedup: Arc::new(Dedup::from_config(&config.dedup)?),
             client: crate::upstream::build_client()?,
             forwards: TaskTracker::new(),
@@ -149,6 +158,9 @@ impl Gateway {
         receive::check_transfer_coding(request.headers())?;
         let (parts, body) = request.into_parts();
         let body = receive::read_body(body, self.max_body_bytes, self.body_timeout).await?;
+        if let Some(authenticator) = &source.authenticator {
+            authenticator.authenticate(&parts.headers, parts.uri.query(), &body)?;
+        }
         let event = parse::parse(&body, &source.config)?;
 
         let Some(route) = self
@@ -167,6 +179,10 @@ impl Gateway {
 
         let delivery = Arc::new(Delivery::new(
             &parts.headers,
+            source
+                .authenticator
+                .as_ref()
+                .and_then(Authenticator::credential_header),
             client,
             self.proto,
             &event.id,
@@ -184,6 +200,13 @@ impl Gateway {
                 Claim::Recorded(record) => Pending::Ready(Arc::new(Outcome::Replayed(record))),
                 Claim::InFlight(outcome_rx) => Pending::Waiting(outcome_rx),
                 Claim::Leader(lease) => {
+                    let delivery = match target.config.redact.is_empty() {
+                        true => Arc::clone(&delivery),
+                        false => Arc::new(
+                            delivery
+                                .with_body(redact::redact(&event.payload, &target.config.redact)),
+                        ),
+                    };
                     Pending::Waiting(self.spawn_settle(target, &delivery, lease))
                 }
             });

@@ -22,12 +22,6 @@ impl Validator<'_> {
         if config.admin.is_some() {
             self.problem(&root.key("admin"), not_yet("the admin listener", 5));
         }
-        for (index, source) in config.sources.iter().enumerate() {
-            if source.verify.is_some() {
-                let key = root.key("sources").index(index).key("verify");
-                self.problem(&key, not_yet("inbound verification", 3));
-            }
-        }
         for (name, quota) in [
             ("per_client", config.rate_limit.per_client),
             ("global", config.rate_limit.global),
@@ -45,12 +39,6 @@ impl Validator<'_> {
                     not_yet("upstream rate limiting", 4),
                 );
             }
-            if !upstream.sign.is_empty() {
-                self.problem(&table.key("sign"), not_yet("signing forwarded events", 3));
-            }
-            if !upstream.redact.is_empty() {
-                self.problem(&table.key("redact"), not_yet("redaction", 3));
-            }
         }
     }
 }
@@ -62,16 +50,15 @@ mod tests {
     use std::path::Path;
 
     #[test]
-    fn an_unbuilt_security_feature_is_refused_not_ignored() {
-        let text = with("[sources.verify]\nscheme = \"token\"\nsecret = \"s3cret\"\n");
+    fn an_unbuilt_feature_is_refused_not_ignored() {
+        let text = with("[rate_limit]\nper_client = { per_second = 1, burst = 1 }\n");
         let error = Config::from_toml_str(&text, Path::new("hookgate.toml")).unwrap_err();
         assert_eq!(error.problems.len(), 1, "{error}");
-        assert_eq!(error.problems[0].key, "sources[0].verify");
+        assert_eq!(error.problems[0].key, "rate_limit.per_client");
+        let message = error.to_string();
         assert!(
-            error
-                .to_string()
-                .contains("not built yet (tracked in issue #3)"),
-            "{error}"
+            message.contains("not built yet (tracked in issue #4)"),
+            "{message}"
         );
     }
 }
