@@ -4,9 +4,11 @@
 //! text says what was wrong with the request, never anything from the payload or a secret.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
+
+use crate::pipeline::rate_limit::Scope;
 
 /// A request that is answered without reaching an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,14 @@ pub enum GatewayError {
     /// The connection failed while the body was being read.
     #[error("request body could not be read")]
     BodyRead(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Over an inbound rate limit (`[rate_limit]`); answered before the body is read.
+    #[error("too many requests ({scope} rate limit); retry after {retry_after_secs} s")]
+    RateLimited {
+        /// `Retry-After`: whole seconds until the limit admits a request again, at least 1.
+        retry_after_secs: u64,
+        /// Which limit refused it.
+        scope: Scope,
+    },
     /// Inbound verification failed (`[sources.verify]`).
     #[error("unauthorized: {reason}")]
     Unauthorized {
@@ -80,6 +90,7 @@ impl GatewayError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::BodyRead(_)
             | Self::UnsupportedTransferCoding
@@ -102,16 +113,27 @@ impl GatewayError {
                 | Self::BodyTimeout
                 | Self::BodyRead(_)
                 | Self::UnsupportedTransferCoding
+                | Self::RateLimited { .. }
         )
     }
 
     /// The answer to the sender.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let mut response = json_error(self.status(), &self.to_string());
-        if matches!(self, Self::MethodNotAllowed) {
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("POST"));
+        match self {
+            Self::MethodNotAllowed => {
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("POST"));
+            }
+            Self::RateLimited {
+                retry_after_secs, ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
         }
         response
     }
@@ -147,6 +169,13 @@ mod tests {
             ),
             (GatewayError::UnsupportedTransferCoding, 400),
             (
+                GatewayError::RateLimited {
+                    retry_after_secs: 1,
+                    scope: Scope::Client,
+                },
+                429,
+            ),
+            (
                 GatewayError::MissingEventId {
                     pointer: "/event/id".into(),
                 },
@@ -174,5 +203,19 @@ mod tests {
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         let method = GatewayError::MethodNotAllowed.to_response();
         assert_eq!(method.headers()[ALLOW], "POST");
+    }
+
+    #[test]
+    fn rate_limited_carries_retry_after_and_closes_the_connection() {
+        let error = GatewayError::RateLimited {
+            retry_after_secs: 3,
+            scope: Scope::Global,
+        };
+        let response = error.to_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[RETRY_AFTER], "3");
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        // Answered before the body is read: its bytes must never be taken for a next request.
+        assert!(error.closes_connection());
     }
 }

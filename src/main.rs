@@ -1,5 +1,6 @@
 //! The `hookgate` binary: parse the command line, set up logging, load and validate the
-//! config before binding anything, then serve until SIGTERM/SIGINT.
+//! config (and TLS certificate) before binding anything, then serve until SIGTERM/SIGINT;
+//! SIGHUP reloads the certificate.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -61,6 +62,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async {
+        // Before binding: a certificate that cannot be used must not even briefly take the port.
+        let tls = hookgate::server::tls::TlsTerminator::for_server(&config.server)?;
         let listen = config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -71,14 +74,20 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(listen = %bound, config = %config.path.display(), "hookgate listening");
         let shutdown = hookgate::server::signal::shutdown_signal()
             .context("cannot install signal handlers")?;
-        hookgate::run(listener, config, shutdown).await
+        let reload = hookgate::server::signal::reload_on_hangup(tls.clone())
+            .context("cannot install the SIGHUP handler")?;
+        tokio::spawn(reload);
+        let gateway = std::sync::Arc::new(hookgate::pipeline::Gateway::from_config(&config)?);
+        hookgate::server::serve_with_tls(listener, gateway, &config.server, tls, shutdown).await
     })
 }
 
 /// Logs go to stdout; `RUST_LOG` filters them (e.g. `RUST_LOG=hookgate=debug`).
 fn init_logging(format: Option<LogFormat>, default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // rustls warns on every odd handshake (e.g. an IP address in SNI): at the default level a
+    // remote client could flood the log at will, so only its errors are shown by default.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},rustls=error")));
     let format = format.unwrap_or(if std::io::stdout().is_terminal() {
         LogFormat::Text
     } else {

@@ -1,15 +1,26 @@
-//! The one HTTP client used for every upstream: pooled keep-alive connections, HTTP/1.1 and
-//! (over TLS, by ALPN) HTTP/2, rustls with the webpki roots.
+//! The upstream HTTP clients: pooled keep-alive connections, HTTP/1.1 and (over TLS, by ALPN)
+//! HTTP/2, rustls with the webpki roots.
+//!
+//! A pool is bound to one TLS config, so there is one shared client for every upstream with
+//! default TLS, and a dedicated one for each upstream that sets `ca` (a private CA, trusted in
+//! addition to the webpki roots) or `client_cert` + `client_key` (mTLS). [`Clients`] picks.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::sign::SingleCertAndKey;
+use rustls::{ClientConfig, RootCertStore};
+
+use crate::config::Upstream;
+use crate::server::tls;
 
 /// How long an idle pooled upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -21,26 +32,108 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pooled client type; clones share the pool.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Builds the client once at startup.
+/// Builds the default client (webpki roots, no client certificate) once at startup.
 ///
 /// # Errors
 /// If the TLS provider offers no usable protocol versions (a build problem, not input).
 pub fn build_client() -> anyhow::Result<HttpClient> {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let https = HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)?
+        .with_provider_and_webpki_roots(tls::provider())?
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+        .wrap_connector(http_connector());
+    Ok(pooled(https))
+}
+
+/// The client of every configured upstream, built once at startup.
+#[derive(Clone)]
+pub struct Clients {
+    default: HttpClient,
+    /// By upstream name; only upstreams with TLS settings of their own.
+    dedicated: HashMap<String, HttpClient>,
+}
+
+impl Clients {
+    /// The default client plus one per upstream that sets `ca` or `client_cert`.
+    ///
+    /// # Errors
+    /// If an upstream's TLS files cannot be used (they were checked when the config was
+    /// loaded, so only if they changed since), naming the upstream and the file.
+    pub fn from_config(upstreams: &[Upstream]) -> anyhow::Result<Self> {
+        let mut dedicated = HashMap::new();
+        for upstream in upstreams {
+            if let Some(config) =
+                tls_config(upstream).with_context(|| format!("upstream {:?}", upstream.name))?
+            {
+                dedicated.insert(upstream.name.clone(), client_with(config));
+            }
+        }
+        Ok(Self {
+            default: build_client()?,
+            dedicated,
+        })
+    }
+
+    /// The client to forward to `upstream` with (one of those [`Clients::from_config`] was
+    /// given); cloning it is cheap and shares its pool.
+    pub fn for_upstream(&self, upstream: &Upstream) -> &HttpClient {
+        self.dedicated.get(&upstream.name).unwrap_or(&self.default)
+    }
+}
+
+/// The TLS config of an upstream with its own `ca` or `client_cert`; `None` for the default.
+fn tls_config(upstream: &Upstream) -> anyhow::Result<Option<ClientConfig>> {
+    if upstream.ca.is_none() && upstream.client_cert.is_none() {
+        return Ok(None);
+    }
+    // A private CA adds to the public roots: the upstream may still move to a public cert.
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = &upstream.ca {
+        for cert in tls::read_roots(ca)? {
+            roots.add(cert)?;
+        }
+    }
+    let builder = ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&tls::PROTOCOL_VERSIONS)?
+        .with_root_certificates(roots);
+    let config = match &upstream.client_cert {
+        None => builder.with_no_client_auth(),
+        Some(client) => {
+            // The same loader as the server's: the key is checked to match the certificate
+            // now, where rustls would only fail in a handshake.
+            let certified = tls::read_certified_key(&client.cert, &client.key, &tls::provider())?;
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)))
+        }
+    };
+    Ok(Some(config))
+}
+
+fn client_with(config: ClientConfig) -> HttpClient {
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http_connector());
+    pooled(https)
+}
+
+fn http_connector() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    // The HTTPS connector wraps this one: it must let https:// URIs through.
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http
+}
+
+fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
+    Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(https))
+        .build(https)
 }

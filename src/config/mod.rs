@@ -4,6 +4,7 @@
 //! Loading reports *all* problems at once, each naming the file, the key (and the line
 //! where the TOML parser knows it) and the reason.
 
+mod cidr;
 mod duration;
 mod load;
 mod raw;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
 
+pub use cidr::{Cidr, CidrError};
 pub use duration::{format_duration, parse_duration};
 pub use load::{ConfigError, EnvLookup, Problem};
 
@@ -243,6 +245,8 @@ pub struct RateLimitConfig {
     pub per_client: Option<Quota>,
     /// Over all clients.
     pub global: Option<Quota>,
+    /// `trusted_proxies`: peers whose `X-Forwarded-For` names the client (for `per_client`).
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// `[upstreams.NAME]`.
@@ -264,6 +268,20 @@ pub struct Upstream {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// JSON pointers removed from the body before forwarding.
     pub redact: Vec<String>,
+    /// `ca`: PEM file of extra CAs trusted for this upstream, besides the webpki roots
+    /// (resolved against the config file's directory; `https` URLs only).
+    pub ca: Option<PathBuf>,
+    /// `client_cert` + `client_key`: the certificate presented to the upstream (mTLS).
+    pub client_cert: Option<ClientCert>,
+}
+
+/// An upstream's `client_cert` and `client_key`, checked at load to parse and match.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
 }
 
 /// One pattern of a route's `event_type`.

@@ -104,6 +104,9 @@ pub(crate) struct RawDedup {
 pub(crate) struct RawRateLimit {
     pub per_client: Option<RawQuota>,
     pub global: Option<RawQuota>,
+    /// CIDRs (or single addresses) of proxies whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `{ per_second = N, burst = M }`.
@@ -130,6 +133,12 @@ pub(crate) struct RawUpstream {
     pub headers_env: BTreeMap<String, String>,
     #[serde(default)]
     pub redact: Vec<String>,
+    /// PEM file of extra CAs trusted for this upstream (besides the webpki roots).
+    pub ca: Option<String>,
+    /// PEM chain presented to the upstream (mTLS); needs `client_key`.
+    pub client_cert: Option<String>,
+    /// PEM key of `client_cert`.
+    pub client_key: Option<String>,
 }
 
 /// Upstream `sign`: exactly one of the four keys.

@@ -33,7 +33,7 @@ enum Scheme {
         password: SecretTag,
     },
     HmacSha256 {
-        key: hmac::Key,
+        key: Box<hmac::Key>,
         header: HeaderName,
     },
     StandardWebhooks {
@@ -44,7 +44,8 @@ enum Scheme {
 /// A secret kept only as an HMAC tag under a random key, so comparing a candidate is one
 /// constant-time tag check.
 struct SecretTag {
-    key: hmac::Key,
+    // Boxed: ring's keys are a few hundred bytes and would bloat every `Scheme`.
+    key: Box<hmac::Key>,
     tag: hmac::Tag,
 }
 
@@ -52,7 +53,10 @@ impl SecretTag {
     fn new(secret: &[u8]) -> Option<Self> {
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new()).ok()?;
         let tag = hmac::sign(&key, secret);
-        Some(Self { key, tag })
+        Some(Self {
+            key: Box::new(key),
+            tag,
+        })
     }
 
     fn matches(&self, candidate: &[u8]) -> bool {
@@ -74,7 +78,10 @@ impl Authenticator {
                 password: SecretTag::new(password.expose().as_bytes())?,
             },
             Verify::HmacSha256 { secret, header } => Scheme::HmacSha256 {
-                key: hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes()),
+                key: Box::new(hmac::Key::new(
+                    hmac::HMAC_SHA256,
+                    secret.expose().as_bytes(),
+                )),
                 header: header.clone(),
             },
             Verify::StandardWebhooks { secret } => Scheme::StandardWebhooks {
@@ -231,7 +238,7 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Vec<u8>> {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::authenticate::now_unix;
+use super::rate_limit::UpstreamLimit;
 use super::sign::{Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 use crate::config::{Secret, Upstream};
 use crate::upstream::HttpClient;
@@ -67,6 +68,11 @@ pub enum Outcome {
     Unreachable,
     /// The upstream already has `max_in_flight` requests open.
     Busy,
+    /// The upstream's `rate_limit` is spent; a forward would be admitted after `retry_after`.
+    RateLimited {
+        /// The limiter's wait (`Retry-After` rounds it up to whole seconds).
+        retry_after: Duration,
+    },
     /// The forward task ended without an outcome (it panicked); never recorded.
     Lost,
     /// The shared dedup backend (Redis) could not be asked, so forwarding could duplicate.
@@ -99,6 +105,8 @@ pub struct UpstreamTarget {
     pub config: Upstream,
     /// Permits for `max_in_flight`.
     pub in_flight: Arc<Semaphore>,
+    /// Its `rate_limit`, if set; only a request that forwards spends from it.
+    pub rate_limit: Option<UpstreamLimit>,
     /// Standard Webhooks signing keys, when `sign` is set.
     pub signer: Option<Signer>,
 }
@@ -123,6 +131,7 @@ impl UpstreamTarget {
         Ok(Self {
             name: Arc::from(config.name.as_str()),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            rate_limit: config.rate_limit.map(UpstreamLimit::new),
             signer,
             config,
         })

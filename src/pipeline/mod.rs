@@ -1,10 +1,11 @@
 //! The request pipeline. [`Gateway::handle`] is the only place the stage order is written:
-//! receive → authenticate → parse → route → dedup → settle (redact, sign, forward) → relay.
+//! receive → rate limit → authenticate → parse → route → dedup → settle (redact, sign, forward) → relay.
 
 pub mod authenticate;
 pub mod dedup;
 pub mod forward;
 pub mod parse;
+pub mod rate_limit;
 pub mod receive;
 pub mod redact;
 pub mod relay;
@@ -27,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Source};
 use crate::error::GatewayError;
-use crate::upstream::HttpClient;
+use crate::upstream::Clients;
 use authenticate::Authenticator;
 use dedup::{Claim, Dedup, DedupKey, Lease, OutcomeRx};
 use forward::{Delivery, Outcome, UpstreamTarget};
@@ -40,7 +41,8 @@ pub struct Gateway {
     router: Router,
     upstreams: Vec<Arc<UpstreamTarget>>,
     dedup: Arc<Dedup>,
-    client: HttpClient,
+    inbound: rate_limit::InboundLimits,
+    clients: Clients,
     forwards: TaskTracker,
     max_body_bytes: usize,
     body_timeout: Duration,
@@ -67,7 +69,8 @@ impl Gateway {
     /// Builds the gateway state for `config`.
     ///
     /// # Errors
-    /// If the upstream HTTP client or the Redis client cannot be built.
+    /// If the upstream HTTP client or the Redis client cannot be built, or, with
+    /// `[rate_limit] per_client`, outside a tokio runtime.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let mut sources_by_path = HashMap::with_capacity(config.sources.len());
         for source in &config.sources {
@@ -93,7 +96,8 @@ impl Gateway {
                 .map(|upstream| UpstreamTarget::new(upstream.clone()).map(Arc::new))
                 .collect::<anyhow::Result<_>>()?,
             dedup: Arc::new(Dedup::from_config(&config.dedup)?),
-            client: crate::upstream::build_client()?,
+            inbound: rate_limit::InboundLimits::from_config(&config.rate_limit)?,
+            clients: Clients::from_config(&config.upstreams)?,
             forwards: TaskTracker::new(),
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_timeout,
@@ -105,6 +109,25 @@ impl Gateway {
                 "http"
             },
         })
+    }
+
+    /// Requests in flight per upstream (for the `hookgate_in_flight` gauge).
+    pub fn in_flight(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+        self.upstreams.iter().map(|target| {
+            let free = target.in_flight.available_permits();
+            (
+                &*target.name,
+                target.config.max_in_flight.saturating_sub(free),
+            )
+        })
+    }
+
+    /// Whether the gateway can serve: the Redis backend, when configured, answers.
+    pub async fn ready(&self) -> bool {
+        match self.dedup.shared() {
+            Some(store) => store.ping().await,
+            None => true,
+        }
     }
 
     /// The dedup store (records, claims, and the Redis side if configured).
@@ -156,6 +179,11 @@ impl Gateway {
             .ok_or(GatewayError::UnknownPath)?;
         receive::check_method(request.method())?;
         receive::check_transfer_coding(request.headers())?;
+        // Size (413) before the rate limits (429), and both before a byte of body is read:
+        // a refused request costs no read, and its connection is closed (`closes_connection`).
+        receive::check_announced_size(request.body(), self.max_body_bytes)?;
+        self.inbound
+            .check(self.inbound.client_ip(client.ip(), request.headers()))?;
         let (parts, body) = request.into_parts();
         let body = receive::read_body(body, self.max_body_bytes, self.body_timeout).await?;
         if let Some(authenticator) = &source.authenticator {
@@ -258,7 +286,7 @@ impl Gateway {
         self.forwards.spawn(settle::settle(
             lease,
             self.dedup.shared().cloned(),
-            self.client.clone(),
+            self.clients.for_upstream(&target.config).clone(),
             Arc::clone(target),
             Arc::clone(delivery),
         ));

@@ -45,6 +45,19 @@ pub fn check_transfer_coding(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
+/// Refuses a body that announces (by `Content-Length`) more than `limit` bytes, before any
+/// byte is read. Separate from [`read_body`] so that the contract's order holds: size (413),
+/// then the inbound rate limits, which answer before the body is read.
+///
+/// # Errors
+/// [`GatewayError::BodyTooLarge`].
+pub fn check_announced_size<B: Body>(body: &B, limit: usize) -> Result<(), GatewayError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    Ok(())
+}
+
 /// Reads the whole `body`, at most `limit` bytes, within `timeout`.
 ///
 /// # Errors
@@ -55,9 +68,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if body.size_hint().lower() > limit as u64 {
-        return Err(GatewayError::BodyTooLarge { limit });
-    }
+    check_announced_size(&body, limit)?;
     let collect = Limited::new(body, limit).collect();
     match tokio::time::timeout(timeout, collect).await {
         Err(_elapsed) => Err(GatewayError::BodyTimeout),

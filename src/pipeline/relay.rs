@@ -13,6 +13,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use super::forward::Outcome;
+use super::rate_limit::retry_after_secs;
 use crate::error::json_error;
 
 /// Marks answers shared from another request's forward (a replay or an in-flight wait).
@@ -78,6 +79,17 @@ pub fn respond(outcome: &Outcome) -> Response<Full<Bytes>> {
             StatusCode::SERVICE_UNAVAILABLE,
             "the upstream has too many requests in flight; retry later",
         )),
+        Outcome::RateLimited { retry_after } => {
+            let mut response = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "the upstream's rate limit is reached, so the event was not forwarded; retry later",
+            );
+            response.headers_mut().insert(
+                RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(*retry_after)),
+            );
+            response
+        }
         Outcome::DedupUnavailable => with_retry_after(json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the dedup backend is unavailable, so the event was not forwarded; retry later",
@@ -171,6 +183,22 @@ mod tests {
     fn a_busy_upstream_is_504_unless_another_already_failed() {
         assert_eq!(decide(&[answered(200), None]), Decision::StillBusy);
         assert_eq!(decide(&[None, answered(503)]), Decision::Outcome(1));
+    }
+
+    #[test]
+    fn an_upstream_over_its_rate_limit_is_a_429_failure_never_recorded() {
+        let limited = Outcome::RateLimited {
+            retry_after: std::time::Duration::from_millis(1500),
+        };
+        let response = respond(&limited);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[RETRY_AFTER], "2");
+        assert!(limited.recordable().is_none());
+        // In a fan-out it is that upstream's failure.
+        assert_eq!(
+            decide(&[answered(200), failed(limited)]),
+            Decision::Outcome(1)
+        );
     }
 
     #[test]

@@ -24,10 +24,27 @@ pub async fn settle(
     delivery: Arc<Delivery>,
 ) {
     let outcome = match shared {
-        None => forward(&client, &target, &delivery).await,
+        None => forward_within_limit(&client, &target, &delivery).await,
         Some(store) => settle_shared(&store, lease.key(), &client, &target, &delivery).await,
     };
     lease.complete(Arc::new(outcome));
+}
+
+/// Forwards unless the upstream's `rate_limit` is spent. Checked here, once this request
+/// leads the key (and, with Redis, holds the claim): replays and waiters never spend from
+/// the upstream's limit, since they cost it nothing.
+async fn forward_within_limit(
+    client: &HttpClient,
+    target: &UpstreamTarget,
+    delivery: &Delivery,
+) -> Outcome {
+    if let Some(limit) = &target.rate_limit {
+        if let Err(retry_after) = limit.check() {
+            tracing::debug!(upstream = %target.name, ?retry_after, "upstream rate limit spent");
+            return Outcome::RateLimited { retry_after };
+        }
+    }
+    forward(client, target, delivery).await
 }
 
 async fn settle_shared(
@@ -55,7 +72,8 @@ async fn settle_shared(
             }
         }
         Ok(SharedClaim::Claimed) => {
-            let outcome = forward(client, target, delivery).await;
+            // Over the limit, the claim is released unrecorded, like any failed forward.
+            let outcome = forward_within_limit(client, target, delivery).await;
             if let Err(error) = store
                 .complete(key, outcome.recordable().map(|r| &**r))
                 .await

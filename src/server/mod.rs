@@ -1,22 +1,27 @@
-//! The listener: accepts connections, serves HTTP/1.1 and HTTP/2 (h2c by prior knowledge)
-//! on the same port, bounds the number of open connections, and drains on shutdown.
+//! The listener: accepts connections, serves HTTP/1.1 and HTTP/2 on the same port (with TLS by
+//! ALPN, without TLS by h2c prior knowledge), bounds the number of open connections, and
+//! drains on shutdown.
 
 pub mod signal;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, ServerConfig};
 use crate::pipeline::Gateway;
+use tls::TlsTerminator;
 
 /// Most headers accepted in one request head; more is a hostile or broken client.
 pub const MAX_HEADERS: usize = 100;
@@ -27,29 +32,49 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves `config` on an already bound `listener` until `shutdown` resolves, then stops
 /// accepting and lets in-flight requests and forwards finish within `shutdown_timeout`.
+/// With `[server.tls]`, every connection is TLS.
 ///
 /// # Errors
-/// If the gateway cannot be built from `config` (the upstream or Redis client).
+/// If the gateway cannot be built from `config` (the upstream or Redis client), or the TLS
+/// certificate cannot be loaded.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let tls = TlsTerminator::for_server(&config.server)?;
     let gateway = Arc::new(Gateway::from_config(&config)?);
-    serve(listener, gateway, &config.server, shutdown).await
+    serve_with_tls(listener, gateway, &config.server, tls, shutdown).await
 }
 
 /// Like [`run`], with a gateway built by the caller (who may keep a handle to inspect it).
 ///
 /// # Errors
-/// Only if the connection limit's semaphore is closed, which does not happen.
+/// If the TLS certificate of `server.tls` cannot be loaded.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     server: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let builder = connection_builder(server);
+    let tls = TlsTerminator::for_server(server)?;
+    serve_with_tls(listener, gateway, server, tls, shutdown).await
+}
+
+/// Like [`serve`], with the TLS side built by the caller, who keeps it to reload the
+/// certificate ([`TlsTerminator::reload`]). `None` serves plain HTTP whatever `server.tls`
+/// says.
+///
+/// # Errors
+/// Only if the connection limit's semaphore is closed, which does not happen.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    server: &ServerConfig,
+    tls: Option<Arc<TlsTerminator>>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let builder = Arc::new(connection_builder(server));
     let graceful = GracefulShutdown::new();
     let connection_slots = Arc::new(Semaphore::new(server.max_connections));
     tokio::pin!(shutdown);
@@ -72,33 +97,26 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         configure_stream(&stream);
-        let gateway = Arc::clone(&gateway);
-        let service = service_fn(move |request| {
-            let gateway = Arc::clone(&gateway);
-            // In a task of its own: hyper drops a service future when its connection goes
-            // away, and a sender that hangs up right after its request must not cancel the
-            // handling before the forward is started (the retry gets the recorded answer).
-            let handling = tokio::spawn(async move { gateway.handle(request, client).await });
-            async move {
-                let response = match handling.await {
-                    Ok(response) => response,
-                    Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-                    // Cancelled: the runtime is shutting down. Never a success.
-                    Err(_) => crate::error::json_error(
-                        http::StatusCode::SERVICE_UNAVAILABLE,
-                        "hookgate is shutting down; retry later",
-                    ),
-                };
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let connection = Connection {
+            builder: Arc::clone(&builder),
+            gateway: Arc::clone(&gateway),
+            client,
+            // Taken now, before the handshake: a shutdown that starts mid-handshake then
+            // still reaches this connection (and waits for it).
+            watcher: graceful.watcher(),
+        };
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%client, error = %error, "connection ended with an error");
+            match tls {
+                None => connection.serve(stream).await,
+                // The handshake runs here, never on the accept loop: a slow or silent client
+                // holds up only its own connection, and only for the handshake timeout. The
+                // head then gets its own header_timeout, as on a plain connection (shortening
+                // it by the handshake's time would shorten every keep-alive head after it).
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => connection.serve(stream).await,
+                    Err(error) => tracing::debug!(%client, %error, "TLS handshake failed"),
+                },
             }
             drop(slot);
         });
@@ -121,6 +139,54 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// One accepted connection, ready to be served once its transport is (after TLS, if any).
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    gateway: Arc<Gateway>,
+    client: SocketAddr,
+    watcher: Watcher,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 or HTTP/2 on `io` until the client or a graceful shutdown ends it.
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            builder,
+            gateway,
+            client,
+            watcher,
+        } = self;
+        let service = service_fn(move |request| {
+            let gateway = Arc::clone(&gateway);
+            // In a task of its own: hyper drops a service future when its connection goes
+            // away, and a sender that hangs up right after its request must not cancel the
+            // handling before the forward is started (the retry gets the recorded answer).
+            let handling = tokio::spawn(async move { gateway.handle(request, client).await });
+            async move {
+                let response = match handling.await {
+                    Ok(response) => response,
+                    Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                    // Cancelled: the runtime is shutting down. Never a success.
+                    Err(_) => crate::error::json_error(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "hookgate is shutting down; retry later",
+                    ),
+                };
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(error) = watcher.watch(connection).await {
+            tracing::debug!(%client, error = %error, "connection ended with an error");
+        }
+    }
 }
 
 fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {

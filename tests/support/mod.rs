@@ -670,3 +670,363 @@ pub fn event_of_len(id: u64, len: usize) -> Bytes {
     assert_eq!(body.len(), len);
     Bytes::from(body)
 }
+
+// === TLS: test certificates, HTTPS client connections, a TLS upstream ===
+//
+// Every key and certificate is generated at test time with rcgen; none is committed.
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
+
+/// A scratch directory for TLS files and configs, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("hookgate-test-{name}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    /// Writes `contents` to `file` in this directory; returns its path.
+    pub fn write(&self, file: &str, contents: impl AsRef<[u8]>) -> std::path::PathBuf {
+        let path = self.0.join(file);
+        std::fs::write(&path, contents).expect("write temp file");
+        path
+    }
+
+    /// The path of `file` in this directory, as a string for TOML.
+    pub fn path(&self, file: &str) -> String {
+        self.0.join(file).display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A certificate and its key, issued at test time.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+impl Issued {
+    /// Writes `{name}.pem` and `{name}.key` into `dir`; returns their paths as strings.
+    pub fn write(&self, dir: &TempDir, name: &str) -> (String, String) {
+        dir.write(&format!("{name}.pem"), &self.cert_pem);
+        dir.write(&format!("{name}.key"), &self.key_pem);
+        (
+            dir.path(&format!("{name}.pem")),
+            dir.path(&format!("{name}.key")),
+        )
+    }
+
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        use rustls::pki_types::pem::PemObject;
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("test key")
+    }
+}
+
+/// A certificate authority for one test.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("ca params");
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("hookgate test CA {name}"),
+        );
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().expect("ca key");
+        Self {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("ca cert"),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// Trusts this CA only.
+    pub fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).expect("ca as root");
+        roots
+    }
+
+    /// A server certificate for `localhost` and `127.0.0.1` (ECDSA P-256, PKCS#8 key).
+    pub fn server_cert(&self) -> Issued {
+        self.issue_with(
+            &rcgen::KeyPair::generate().expect("key"),
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// A client certificate (for mTLS).
+    pub fn client_cert(&self) -> Issued {
+        self.issue_with(
+            &rcgen::KeyPair::generate().expect("key"),
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
+    /// A server certificate for `key` (any algorithm rcgen can sign a certificate for).
+    pub fn issue_with(
+        &self,
+        key: &rcgen::KeyPair,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> Issued {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("params");
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(key, &self.issuer).expect("issue");
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+}
+
+/// A client config trusting `roots`, speaking only `versions` and offering `alpn`. Session
+/// resumption is off so that every connection sees the certificate served at that moment.
+pub fn tls_client_config(
+    roots: RootCertStore,
+    versions: &[&'static SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(hookgate::server::tls::provider())
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// Both TLS versions hookgate speaks.
+pub static TLS_BOTH: [&SupportedProtocolVersion; 2] =
+    [&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// A TLS handshake with `addr` as `localhost` (bounded by [`STEP`]).
+pub async fn tls_handshake(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    bounded("TLS handshake", async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("localhost").expect("server name");
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+    })
+    .await
+}
+
+enum TlsSendRequest {
+    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+/// One HTTPS connection to the gateway, HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
+pub struct TlsConn {
+    sender: TlsSendRequest,
+    addr: SocketAddr,
+    /// The ALPN protocol the server chose.
+    pub alpn: Option<Vec<u8>>,
+    pub version: rustls::ProtocolVersion,
+    /// The leaf certificate the server presented.
+    pub peer_cert: CertificateDer<'static>,
+}
+
+impl TlsConn {
+    pub async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> Self {
+        let stream = tls_handshake(addr, config)
+            .await
+            .expect("TLS handshake with the gateway");
+        let (_, session) = stream.get_ref();
+        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let version = session.protocol_version().expect("negotiated version");
+        let peer_cert = session.peer_certificates().expect("server certificate")[0].clone();
+        let io = TokioIo::new(stream);
+        let sender = if alpn.as_deref() == Some(b"h2") {
+            let (sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .expect("h2 handshake");
+            tokio::spawn(connection);
+            TlsSendRequest::Http2(sender)
+        } else {
+            let (sender, connection) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("http1 handshake");
+            tokio::spawn(connection);
+            TlsSendRequest::Http1(sender)
+        };
+        Self {
+            sender,
+            addr,
+            alpn,
+            version,
+            peer_cert,
+        }
+    }
+
+    /// POSTs `body` as JSON to `path` on this connection (bounded by [`STEP`]). The answer's
+    /// HTTP version is added as the header `x-test-http-version` (e.g. `HTTP/2.0`).
+    pub async fn post(&mut self, path: &str, body: impl Into<Bytes>) -> Answer {
+        let request = Request::post(format!("https://localhost:{}{path}", self.addr.port()))
+            .header("content-type", "application/json")
+            .body(Full::new(body.into()))
+            .unwrap();
+        bounded("the gateway's answer over TLS", async {
+            let response = match &mut self.sender {
+                TlsSendRequest::Http1(sender) => {
+                    sender.ready().await.expect("connection still open");
+                    sender.send_request(request).await
+                }
+                TlsSendRequest::Http2(sender) => {
+                    sender.ready().await.expect("connection still open");
+                    sender.send_request(request).await
+                }
+            }
+            .expect("request over TLS");
+            let version = response.version();
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.expect("answer body").to_bytes();
+            let mut headers = parts.headers;
+            headers.insert(
+                "x-test-http-version",
+                format!("{version:?}").parse().unwrap(),
+            );
+            Answer {
+                status: parts.status.as_u16(),
+                headers,
+                body,
+            }
+        })
+        .await
+    }
+}
+
+/// A TLS server config for a [`FakeUpstream::start_tls`]: serves `cert`; with `client_ca`,
+/// requires a client certificate issued by it.
+pub fn upstream_tls_config(cert: &Issued, client_ca: Option<&TestCa>) -> Arc<rustls::ServerConfig> {
+    let provider = hookgate::server::tls::provider();
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&TLS_BOTH)
+        .expect("versions");
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(ca.roots()),
+                provider,
+            )
+            .build()
+            .expect("client verifier"),
+        ),
+    };
+    let mut config = builder
+        .with_single_cert(vec![cert.der.clone()], cert.key_der())
+        .expect("upstream cert");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+impl FakeUpstream {
+    /// Like [`FakeUpstream::start`], over TLS with `tls` (see [`upstream_tls_config`]).
+    /// Failed handshakes are simply dropped, like a real server's.
+    pub async fn start_tls(fallback: Reply, tls: Arc<rustls::ServerConfig>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let state = Arc::new(UpstreamState {
+            script: Mutex::new(VecDeque::new()),
+            fallback: Mutex::new(fallback),
+            seen: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+            gated: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let server_state = Arc::clone(&state);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                    _ = &mut stop_rx => break,
+                };
+                let state = Arc::clone(&server_state);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = service_fn(move |request| answer(Arc::clone(&state), request));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            state,
+            _stop: Arc::new(stop_tx),
+        }
+    }
+
+    /// `https://127.0.0.1:PORT/path`.
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://{}{}", self.addr, path)
+    }
+}
+
+/// Serves `config` (which has `[server.tls]`) on 127.0.0.1:0, returning the TLS side too so
+/// the test can reload the certificate as SIGHUP would.
+pub async fn spawn_tls_config(
+    config: hookgate::Config,
+) -> (TestGateway, Arc<hookgate::server::tls::TlsTerminator>) {
+    let tls = hookgate::server::tls::TlsTerminator::for_server(&config.server)
+        .expect("TLS material loads")
+        .expect("config has [server.tls]");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind gateway");
+    let addr = listener.local_addr().expect("gateway addr");
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let gateway = Arc::new(hookgate::pipeline::Gateway::from_config(&config).expect("gateway"));
+    let task = tokio::spawn({
+        let gateway = Arc::clone(&gateway);
+        let tls = Arc::clone(&tls);
+        async move {
+            let shutdown = async {
+                let _ = shutdown_rx.await;
+            };
+            hookgate::server::serve_with_tls(listener, gateway, &config.server, Some(tls), shutdown)
+                .await
+        }
+    });
+    let gateway = TestGateway {
+        addr,
+        gateway,
+        shutdown_tx: Some(shutdown_tx),
+        task: Some(task),
+    };
+    (gateway, tls)
+}

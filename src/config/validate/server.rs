@@ -8,7 +8,7 @@ use http::StatusCode;
 use super::{placeholder_addr, KeyPath, Validator};
 use crate::config::raw::{RawAdmin, RawDedup, RawRateLimit, RawServer, RawTls};
 use crate::config::{
-    defaults, limits, AdminConfig, DedupBackend, DedupConfig, RateLimitConfig, Secret,
+    defaults, limits, AdminConfig, Cidr, DedupBackend, DedupConfig, RateLimitConfig, Secret,
     ServerConfig, TlsConfig,
 };
 
@@ -242,11 +242,38 @@ impl Validator<'_> {
 
     pub(super) fn rate_limit(&mut self, raw: RawRateLimit) -> RateLimitConfig {
         let key = KeyPath::root().key("rate_limit");
+        let per_client = raw
+            .per_client
+            .and_then(|q| self.quota(&key.key("per_client"), q));
+        let trusted_key = key.key("trusted_proxies");
+        // The client's address is only looked up for `per_client`; trusting proxies for
+        // nothing would suggest a protection that is not there.
+        if raw.per_client.is_none() && !raw.trusted_proxies.is_empty() {
+            self.problem(
+                &trusted_key,
+                "is only used with `per_client` (it decides which address is the client)",
+            );
+        }
+        let mut trusted_proxies = Vec::with_capacity(raw.trusted_proxies.len());
+        for (index, text) in raw.trusted_proxies.iter().enumerate() {
+            match text.parse::<Cidr>() {
+                // A /0 would let every peer name its own client address in X-Forwarded-For,
+                // and so choose its own per-client bucket.
+                Ok(cidr) if cidr.prefix() == 0 => self.problem(
+                    &trusted_key.index(index),
+                    format!(
+                        "{text:?} trusts every address, so any client could pick its own \
+                         rate-limit key with X-Forwarded-For; list the proxies' networks"
+                    ),
+                ),
+                Ok(cidr) => trusted_proxies.push(cidr),
+                Err(error) => self.problem(&trusted_key.index(index), error.to_string()),
+            }
+        }
         RateLimitConfig {
-            per_client: raw
-                .per_client
-                .and_then(|q| self.quota(&key.key("per_client"), q)),
+            per_client,
             global: raw.global.and_then(|q| self.quota(&key.key("global"), q)),
+            trusted_proxies,
         }
     }
 }
@@ -343,6 +370,75 @@ mod tests {
             "dedup.redis_url",
         );
         assert_eq!(p.reason, "must start with redis:// or unix://");
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks() {
+        let config = load(&with(
+            "[rate_limit]\nper_client = { per_second = 5, burst = 10 }\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1/32\", \"::1/128\", \"192.0.2.7\"]",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let trusted: Vec<String> = config
+            .rate_limit
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            trusted,
+            ["10.0.0.0/8", "127.0.0.1/32", "::1/128", "192.0.2.7/32"]
+        );
+    }
+
+    #[test]
+    fn a_bad_trusted_proxy_is_named_by_its_index_and_line() {
+        let text = with(
+            "[rate_limit]\nper_client = { per_second = 5, burst = 10 }\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"10.1.2.3/8\"]",
+        );
+        let p = only_problem(&text, "rate_limit.trusted_proxies[1]");
+        assert_eq!(
+            p.reason,
+            "invalid network \"10.1.2.3/8\": host bits are set; write \"10.0.0.0/8\" for \
+             the network, or \"10.1.2.3\" for one address"
+        );
+        assert!(p.line.is_some(), "{p}");
+        let p = only_problem(
+            &with(
+                "[rate_limit]\nper_client = { per_second = 5, burst = 10 }\n\
+                 trusted_proxies = [\"proxy.internal\"]",
+            ),
+            "rate_limit.trusted_proxies[0]",
+        );
+        assert!(p.reason.contains("expected an IP address or CIDR"), "{p}");
+    }
+
+    #[test]
+    fn trusting_every_address_is_refused() {
+        let p = only_problem(
+            &with(
+                "[rate_limit]\nper_client = { per_second = 5, burst = 10 }\n\
+                 trusted_proxies = [\"::/0\"]",
+            ),
+            "rate_limit.trusted_proxies[0]",
+        );
+        assert!(p.reason.starts_with("\"::/0\" trusts every address"), "{p}");
+    }
+
+    #[test]
+    fn trusted_proxies_need_a_per_client_limit() {
+        let p = only_problem(
+            &with(
+                "[rate_limit]\nglobal = { per_second = 5, burst = 10 }\n\
+                 trusted_proxies = [\"10.0.0.0/8\"]",
+            ),
+            "rate_limit.trusted_proxies",
+        );
+        assert!(
+            p.reason.starts_with("is only used with `per_client`"),
+            "{p}"
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! `[upstreams.NAME]`: URL, limits, signing secrets, extra headers, redaction.
+//! `[upstreams.NAME]`: URL, limits, signing secrets, extra headers, redaction, TLS files.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use http::{HeaderName, HeaderValue, Uri};
 
 use super::{KeyPath, Validator};
 use crate::config::raw::{RawSign, RawUpstream};
-use crate::config::{defaults, limits, Secret, Upstream};
+use crate::config::{defaults, limits, ClientCert, Secret, Upstream};
+use crate::server::tls;
 
 /// Headers hookgate sets (or strips) itself when forwarding, so configuring them would be
 /// ambiguous at best. `proxy-*` and `hookgate-*` are refused by prefix.
@@ -63,6 +65,11 @@ impl Validator<'_> {
                 self.pointer(&pointer_key, pointer);
             }
         }
+        let https = url.scheme_str() == Some("https");
+        let ca = raw
+            .ca
+            .map(|file| self.upstream_ca(&key.key("ca"), &file, https));
+        let client_cert = self.client_cert(key, raw.client_cert, raw.client_key, https);
         Upstream {
             name,
             url,
@@ -79,7 +86,63 @@ impl Validator<'_> {
             sign,
             headers,
             redact: raw.redact,
+            ca,
+            client_cert,
         }
+    }
+
+    /// `ca`: resolved against the config's directory and parsed now, so that `hookgate check`
+    /// catches a wrong path or a file that is not a CA certificate.
+    fn upstream_ca(&mut self, key: &KeyPath, file: &str, https: bool) -> PathBuf {
+        let path = self.dir.join(file);
+        if !https {
+            self.problem(key, "is only used with an https:// url");
+        } else if let Err(error) = tls::read_roots(&path) {
+            self.problem(key, error.to_string());
+        }
+        path
+    }
+
+    /// `client_cert` + `client_key`: both or neither; parsed now and checked to match.
+    fn client_cert(
+        &mut self,
+        upstream: &KeyPath,
+        cert: Option<String>,
+        key: Option<String>,
+        https: bool,
+    ) -> Option<ClientCert> {
+        let (cert, key) = match (cert, key) {
+            (None, None) => return None,
+            (Some(cert), Some(key)) => (self.dir.join(cert), self.dir.join(key)),
+            (Some(_), None) => {
+                self.problem(
+                    &upstream.key("client_key"),
+                    "is required with `client_cert`",
+                );
+                return None;
+            }
+            (None, Some(_)) => {
+                self.problem(
+                    &upstream.key("client_cert"),
+                    "is required with `client_key`",
+                );
+                return None;
+            }
+        };
+        if !https {
+            self.problem(
+                &upstream.key("client_cert"),
+                "is only used with an https:// url",
+            );
+        } else if let Err(error) = tls::read_certified_key(&cert, &key, &tls::provider()) {
+            let at = if error.path() == cert {
+                "client_cert"
+            } else {
+                "client_key"
+            };
+            self.problem(&upstream.key(at), error.to_string());
+        }
+        Some(ClientCert { cert, key })
     }
 
     fn upstream_url(&mut self, key: &KeyPath, name: &str, text: &str) -> Uri {
@@ -305,5 +368,141 @@ mod tests {
         );
         let text = edit("url = \"http://127.0.0.1:3000/hook\"", "url = \"http://127.0.0.1:3000/hook\"\nsign = { secret = \"whsec_c2VjcmV0\", secrets = [] }");
         only_problem(&text, "upstreams.billing.sign");
+    }
+
+    /// A temporary directory with a CA certificate, a client certificate and key it issued,
+    /// and a key of another client; removed on drop.
+    struct TlsFiles(std::path::PathBuf);
+
+    impl TlsFiles {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "hookgate-upstream-tls-{name}-{}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let ca_key = rcgen::KeyPair::generate().expect("ca key");
+            let mut params = rcgen::CertificateParams::new(Vec::new()).expect("ca params");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca = rcgen::CertifiedIssuer::self_signed(params, ca_key).expect("ca");
+            let client_key = rcgen::KeyPair::generate().expect("client key");
+            let client = rcgen::CertificateParams::new(vec!["hookgate".to_owned()])
+                .expect("client params")
+                .signed_by(&client_key, &ca)
+                .expect("client cert");
+            let other_key = rcgen::KeyPair::generate().expect("other key");
+            for (file, pem) in [
+                ("ca.pem", ca.pem()),
+                ("client.pem", client.pem()),
+                ("client.key", client_key.serialize_pem()),
+                ("other.key", other_key.serialize_pem()),
+                ("empty.pem", String::new()),
+            ] {
+                std::fs::write(dir.join(file), pem).expect("write pem");
+            }
+            Self(dir)
+        }
+
+        fn path(&self, file: &str) -> String {
+            self.0.join(file).display().to_string()
+        }
+
+        fn upstream(&self, keys: &str) -> String {
+            edit(
+                "url = \"http://127.0.0.1:3000/hook\"",
+                &format!("url = \"https://127.0.0.1:3000/hook\"\n{keys}"),
+            )
+        }
+    }
+
+    impl Drop for TlsFiles {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn upstream_tls_files_load_when_valid() {
+        let files = TlsFiles::new("valid");
+        let text = files.upstream(&format!(
+            "ca = {:?}\nclient_cert = {:?}\nclient_key = {:?}",
+            files.path("ca.pem"),
+            files.path("client.pem"),
+            files.path("client.key")
+        ));
+        let config = load(&text).unwrap_or_else(|e| panic!("{e}"));
+        let upstream = &config.upstreams[0];
+        assert_eq!(
+            upstream.ca.as_deref(),
+            Some(files.0.join("ca.pem").as_path())
+        );
+        let client = upstream.client_cert.as_ref().expect("client cert");
+        assert_eq!(client.key, files.0.join("client.key"));
+    }
+
+    #[test]
+    fn upstream_ca_resolves_against_the_config_dir_and_must_parse() {
+        let p = only_problem(
+            &edit(
+                "url = \"http://127.0.0.1:3000/hook\"",
+                "url = \"https://a\"\nca = \"certs/ca.pem\"",
+            ),
+            "upstreams.billing.ca",
+        );
+        assert!(
+            p.reason
+                .starts_with("cannot read /etc/hookgate/certs/ca.pem: "),
+            "{p}"
+        );
+        let files = TlsFiles::new("empty");
+        let text = files.upstream(&format!("ca = {:?}", files.path("empty.pem")));
+        let p = only_problem(&text, "upstreams.billing.ca");
+        assert_eq!(
+            p.reason,
+            format!(
+                "{} holds no certificate (expected a PEM \"BEGIN CERTIFICATE\" block)",
+                files.path("empty.pem")
+            )
+        );
+    }
+
+    #[test]
+    fn upstream_tls_keys_need_an_https_url() {
+        let text = with("[upstreams.b2]\nurl = \"http://a\"\nca = \"/dev/null\"");
+        let p = only_problem(&text, "upstreams.b2.ca");
+        assert_eq!(p.reason, "is only used with an https:// url");
+    }
+
+    #[test]
+    fn client_cert_and_client_key_go_together_and_must_match() {
+        let files = TlsFiles::new("pair");
+        let text = files.upstream(&format!("client_cert = {:?}", files.path("client.pem")));
+        let p = only_problem(&text, "upstreams.billing.client_key");
+        assert_eq!(p.reason, "is required with `client_cert`");
+        let text = files.upstream(&format!("client_key = {:?}", files.path("client.key")));
+        let p = only_problem(&text, "upstreams.billing.client_cert");
+        assert_eq!(p.reason, "is required with `client_key`");
+
+        let text = files.upstream(&format!(
+            "client_cert = {:?}\nclient_key = {:?}",
+            files.path("client.pem"),
+            files.path("other.key")
+        ));
+        let p = only_problem(&text, "upstreams.billing.client_key");
+        assert_eq!(
+            p.reason,
+            format!(
+                "the private key in {} does not match the certificate in {}",
+                files.path("other.key"),
+                files.path("client.pem")
+            )
+        );
+        let text = files.upstream(&format!(
+            "client_cert = {:?}\nclient_key = {:?}",
+            files.path("client.key"),
+            files.path("client.key")
+        ));
+        let p = only_problem(&text, "upstreams.billing.client_cert");
+        assert!(p.reason.contains("holds no certificate"), "{p}");
     }
 }

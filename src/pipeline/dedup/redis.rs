@@ -200,6 +200,14 @@ impl RedisStore {
         }
     }
 
+    /// Whether Redis answers a PING within [`REDIS_OP_TIMEOUT`] (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        let mut connection = self.connection.clone();
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut connection);
+        matches!(self.run(ping).await, Ok(reply) if reply == "PONG")
+    }
+
     /// How many keys this replica is waiting on another replica for, right now.
     pub fn waiting_elsewhere(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
