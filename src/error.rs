@@ -8,6 +8,7 @@ use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
+use crate::metrics::RequestOutcome;
 use crate::pipeline::rate_limit::Scope;
 
 /// A request that is answered without reaching an upstream.
@@ -99,6 +100,15 @@ impl GatewayError {
             | Self::InvalidEventId { .. }
             | Self::MissingEventType { .. }
             | Self::InvalidEventType { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `outcome` label this answer counts under.
+    pub fn outcome(&self) -> RequestOutcome {
+        match self {
+            Self::RateLimited { .. } => RequestOutcome::RateLimited,
+            Self::Unauthorized { .. } => RequestOutcome::Unauthorized,
+            _ => RequestOutcome::BadRequest,
         }
     }
 

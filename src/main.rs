@@ -7,7 +7,16 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hookgate::admin::{serve_admin, AdminState};
 use hookgate::cli::{Cli, Command, LogFormat};
+use hookgate::metrics::Metrics;
+use hookgate::pipeline::Gateway;
+use hookgate::server::reload::Reloader;
+use hookgate::server::tls::TlsTerminator;
+use hookgate::server::{serve_with_tls, signal};
 use hookgate::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -63,23 +72,58 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn serve(config: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         // Before binding: a certificate that cannot be used must not even briefly take the port.
-        let tls = hookgate::server::tls::TlsTerminator::for_server(&config.server)?;
-        let listen = config.server.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let bound = listener
-            .local_addr()
-            .context("cannot read the bound address")?;
-        tracing::info!(listen = %bound, config = %config.path.display(), "hookgate listening");
-        let shutdown = hookgate::server::signal::shutdown_signal()
-            .context("cannot install signal handlers")?;
-        let reload = hookgate::server::signal::reload_on_hangup(tls.clone())
+        let tls = TlsTerminator::for_server(&config.server)?;
+        let listener = bind(config.server.listen).await?;
+        let admin_listener = match &config.admin {
+            Some(admin) => Some(bind(admin.listen).await?),
+            None => None,
+        };
+        let shutdown = signal::shutdown_signal().context("cannot install signal handlers")?;
+
+        let metrics = Arc::new(Metrics::new());
+        let gateway = Gateway::with_metrics(&config, Arc::clone(&metrics))?;
+        let gateway = Arc::new(ArcSwap::from_pointee(gateway));
+        let reloader = Reloader::new(config.clone(), Arc::clone(&gateway), tls.clone());
+        let reload = signal::reload_on_hangup(Arc::new(reloader))
             .context("cannot install the SIGHUP handler")?;
         tokio::spawn(reload);
-        let gateway = std::sync::Arc::new(hookgate::pipeline::Gateway::from_config(&config)?);
-        hookgate::server::serve_with_tls(listener, gateway, &config.server, tls, shutdown).await
+
+        let admin = Arc::new(AdminState::new(metrics, Arc::clone(&gateway)));
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let admin_task = admin_listener.map(|listener| {
+            let stop = async {
+                let _ = admin_stop_rx.await;
+            };
+            tokio::spawn(serve_admin(listener, Arc::clone(&admin), stop))
+        });
+        tracing::info!(
+            listen = %listener.local_addr().context("cannot read the bound address")?,
+            admin = %admin_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
+            config = %config.path.display(),
+            "hookgate listening"
+        );
+
+        // The admin listener stays up through the drain, with /readyz saying 503.
+        let draining = Arc::clone(&admin);
+        let shutdown = async move {
+            shutdown.await;
+            draining.start_draining();
+        };
+        let served = serve_with_tls(listener, gateway, &config.server, tls, shutdown).await;
+        let _ = admin_stop_tx.send(());
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+        tracing::info!("hookgate stopped");
+        served
     })
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Logs go to stdout; `RUST_LOG` filters them (e.g. `RUST_LOG=hookgate=debug`).

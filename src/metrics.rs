@@ -17,6 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::pipeline::rate_limit::Scope;
+
 /// Upper bounds (seconds) of the upstream latency histogram: up to FirstPromoter's 15 s wait.
 pub const UPSTREAM_DURATION_BUCKETS_SECS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
@@ -77,25 +79,9 @@ impl EncodeLabelValue for RequestOutcome {
     }
 }
 
-/// The `scope` label of `hookgate_rate_limited_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LimitScope {
-    /// Per client IP.
-    Client,
-    /// All clients together.
-    Global,
-    /// An upstream's `rate_limit` or `max_in_flight`.
-    Upstream,
-}
-
-impl EncodeLabelValue for LimitScope {
+impl EncodeLabelValue for Scope {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        let value = match self {
-            Self::Client => "client",
-            Self::Global => "global",
-            Self::Upstream => "upstream",
-        };
-        EncodeLabelValue::encode(&value, encoder)
+        EncodeLabelValue::encode(&self.as_str(), encoder)
     }
 }
 
@@ -118,7 +104,7 @@ struct UpstreamLabels {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ScopeLabels {
-    scope: LimitScope,
+    scope: Scope,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -277,7 +263,7 @@ impl Metrics {
     }
 
     /// Counts a request refused by a limit of `scope`.
-    pub fn rate_limited(&self, scope: LimitScope) {
+    pub fn rate_limited(&self, scope: Scope) {
         self.rate_limited
             .get_or_create(&ScopeLabels { scope })
             .inc();
@@ -347,7 +333,7 @@ mod tests {
         metrics.dedup_hit();
         metrics.upstream_attempt("billing", AttemptStatus::Code(200), 0.012);
         metrics.upstream_attempt("billing", AttemptStatus::Timeout, 10.0);
-        metrics.rate_limited(LimitScope::Client);
+        metrics.rate_limited(Scope::Client);
         metrics.config_reload(false);
         metrics.set_gauges(42, [("billing", 3)]);
         let text = metrics.encode();

@@ -13,7 +13,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::raw::RawConfig;
-use super::validate::{validate, Unbuilt};
+use super::validate::validate;
 use super::Config;
 
 /// Looks up an environment variable; [`std::env::var`] in production, a map in tests.
@@ -96,22 +96,13 @@ impl Config {
         path: &Path,
         env: EnvLookup<'_>,
     ) -> Result<Config, ConfigError> {
-        Self::parse(text, path, env, Unbuilt::Refuse)
-    }
-
-    fn parse(
-        text: &str,
-        path: &Path,
-        env: EnvLookup<'_>,
-        unbuilt: Unbuilt,
-    ) -> Result<Config, ConfigError> {
         let locator = Locator::new(text);
         let error = |problems| ConfigError {
             path: path.to_path_buf(),
             problems,
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| error(vec![locator.toml(&e)]))?;
-        validate(raw, path, env, unbuilt).map_err(|issues| {
+        validate(raw, path, env).map_err(|issues| {
             error(
                 issues
                     .into_iter()
@@ -310,9 +301,7 @@ pub(crate) mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let env = move |name: &str| vars.get(name).cloned().ok_or(VarError::NotPresent);
-        // These tests pin the rules of every key, built or not.
-        let path = Path::new("/etc/hookgate/config.toml");
-        Config::parse(text, path, &env, Unbuilt::Allow)
+        Config::from_toml_str_with_env(text, Path::new("/etc/hookgate/config.toml"), &env)
     }
 
     pub(crate) fn load(text: &str) -> Result<Config, ConfigError> {
@@ -508,7 +497,7 @@ upstreams = ["crm", "billing"]
                 .map(|v| (*v).to_owned())
                 .ok_or(VarError::NotPresent)
         };
-        let loaded = Config::parse(FULL, &dir.join("config.toml"), &lookup, Unbuilt::Allow);
+        let loaded = Config::from_toml_str_with_env(FULL, &dir.join("config.toml"), &lookup);
         std::fs::remove_dir_all(&dir).expect("clean up");
         let config = loaded.unwrap_or_else(|e| panic!("full config: {e}"));
 

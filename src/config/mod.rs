@@ -239,7 +239,7 @@ pub struct Quota {
 }
 
 /// `[rate_limit]` (inbound). `None` fields are unlimited.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RateLimitConfig {
     /// Per client IP.
     pub per_client: Option<Quota>,

@@ -18,6 +18,7 @@ use super::authenticate::now_unix;
 use super::rate_limit::UpstreamLimit;
 use super::sign::{Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 use crate::config::{Secret, Upstream};
+use crate::metrics::{AttemptStatus, Metrics};
 use crate::upstream::HttpClient;
 
 /// Largest upstream answer kept; it is held in memory and in the dedup record.
@@ -106,9 +107,11 @@ pub struct UpstreamTarget {
     /// Permits for `max_in_flight`.
     pub in_flight: Arc<Semaphore>,
     /// Its `rate_limit`, if set; only a request that forwards spends from it.
-    pub rate_limit: Option<UpstreamLimit>,
+    pub rate_limit: Option<Arc<UpstreamLimit>>,
     /// Standard Webhooks signing keys, when `sign` is set.
     pub signer: Option<Signer>,
+    /// Where attempts are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl UpstreamTarget {
@@ -116,7 +119,21 @@ impl UpstreamTarget {
     ///
     /// # Errors
     /// If a `sign` secret does not decode (config validation refuses those first).
-    pub fn new(config: Upstream) -> anyhow::Result<Self> {
+    pub fn new(config: Upstream, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        Self::carry_over(config, metrics, None)
+    }
+
+    /// Like [`UpstreamTarget::new`], keeping `previous`'s in-flight count and rate-limit
+    /// state when the new config leaves `max_in_flight` and `rate_limit` as they were (a
+    /// reload must not hand a protected legacy app a fresh burst).
+    ///
+    /// # Errors
+    /// As [`UpstreamTarget::new`].
+    pub fn carry_over(
+        config: Upstream,
+        metrics: Arc<Metrics>,
+        previous: Option<&UpstreamTarget>,
+    ) -> anyhow::Result<Self> {
         let signer = match config.sign.is_empty() {
             true => None,
             false => Some(
@@ -128,11 +145,24 @@ impl UpstreamTarget {
                 })?,
             ),
         };
+        let in_flight = match previous {
+            Some(old) if old.config.max_in_flight == config.max_in_flight => {
+                Arc::clone(&old.in_flight)
+            }
+            _ => Arc::new(Semaphore::new(config.max_in_flight)),
+        };
+        let rate_limit = match (previous, config.rate_limit) {
+            (Some(old), Some(quota)) if old.config.rate_limit == Some(quota) => {
+                old.rate_limit.clone()
+            }
+            (_, quota) => quota.map(|quota| Arc::new(UpstreamLimit::new(quota))),
+        };
         Ok(Self {
             name: Arc::from(config.name.as_str()),
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-            rate_limit: config.rate_limit.map(UpstreamLimit::new),
+            in_flight,
+            rate_limit,
             signer,
+            metrics,
             config,
         })
     }
@@ -271,7 +301,16 @@ pub async fn forward(client: &HttpClient, target: &UpstreamTarget, delivery: &De
         Ok(Err(())) => Outcome::Unreachable,
         Err(_elapsed) => Outcome::TimedOut,
     };
-    log_attempt(target, &outcome, started.elapsed());
+    let took = started.elapsed();
+    let status = match &outcome {
+        Outcome::Answered(record) => AttemptStatus::Code(record.status.as_u16()),
+        Outcome::TimedOut => AttemptStatus::Timeout,
+        _ => AttemptStatus::ConnectError,
+    };
+    target
+        .metrics
+        .upstream_attempt(&target.name, status, took.as_secs_f64());
+    log_attempt(target, &outcome, took);
     outcome
 }
 

@@ -26,8 +26,9 @@ use hyper::body::Body;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Source};
+use crate::config::{Config, DedupConfig, RateLimitConfig, Source};
 use crate::error::GatewayError;
+use crate::metrics::{Metrics, RequestOutcome, SourceCounters};
 use crate::upstream::Clients;
 use authenticate::Authenticator;
 use dedup::{Claim, Dedup, DedupKey, Lease, OutcomeRx};
@@ -35,15 +36,22 @@ use forward::{Delivery, Outcome, UpstreamTarget};
 use relay::Decision;
 use route::Router;
 
-/// Everything needed to serve requests, built once from a [`Config`].
+/// Everything needed to serve requests under one [`Config`]. A reload builds a new one with
+/// [`Gateway::reload`], which carries over what must outlive a config: dedup records and
+/// claims, forwards in flight, rate-limit state, metrics.
 pub struct Gateway {
     sources_by_path: HashMap<String, SourceEntry>,
     router: Router,
     upstreams: Vec<Arc<UpstreamTarget>>,
     dedup: Arc<Dedup>,
-    inbound: rate_limit::InboundLimits,
+    dedup_config: DedupConfig,
+    inbound: Arc<rate_limit::InboundLimits>,
+    rate_limit_config: RateLimitConfig,
     clients: Clients,
     forwards: TaskTracker,
+    metrics: Arc<Metrics>,
+    /// Counts requests whose path names no source.
+    unknown_source: SourceCounters,
     max_body_bytes: usize,
     body_timeout: Duration,
     respond_within: Duration,
@@ -55,6 +63,7 @@ struct SourceEntry {
     name: Arc<str>,
     config: Source,
     authenticator: Option<Authenticator>,
+    counters: SourceCounters,
 }
 
 /// How one upstream's outcome reaches this request.
@@ -66,12 +75,38 @@ enum Pending {
 }
 
 impl Gateway {
-    /// Builds the gateway state for `config`.
+    /// Builds the gateway state for `config`, with metrics of its own.
     ///
     /// # Errors
-    /// If the upstream HTTP client or the Redis client cannot be built, or, with
-    /// `[rate_limit] per_client`, outside a tokio runtime.
+    /// If the upstream HTTP clients or the Redis client cannot be built, or (with
+    /// `[rate_limit] per_client`) outside a tokio runtime.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        Self::with_metrics(config, Arc::new(Metrics::new()))
+    }
+
+    /// Like [`Gateway::from_config`], counting into `metrics`.
+    ///
+    /// # Errors
+    /// As [`Gateway::from_config`].
+    pub fn with_metrics(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        Self::build(config, metrics, None)
+    }
+
+    /// The gateway for a reloaded `config`, keeping this one's dedup store, forwards in
+    /// flight, metrics, and rate-limit state wherever the limits are unchanged. Requests
+    /// already running finish on this gateway; new ones should get the returned one.
+    ///
+    /// # Errors
+    /// As [`Gateway::from_config`]; this gateway is unaffected.
+    pub fn reload(&self, config: &Config) -> anyhow::Result<Self> {
+        Self::build(config, Arc::clone(&self.metrics), Some(self))
+    }
+
+    fn build(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        previous: Option<&Gateway>,
+    ) -> anyhow::Result<Self> {
         let mut sources_by_path = HashMap::with_capacity(config.sources.len());
         for source in &config.sources {
             let authenticator = match &source.verify {
@@ -84,21 +119,48 @@ impl Gateway {
                 name: Arc::from(source.name.as_str()),
                 config: source.clone(),
                 authenticator,
+                counters: metrics.source_counters(&source.name),
             };
             sources_by_path.insert(source.path.clone(), entry);
         }
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|upstream| {
+                let old = previous.and_then(|gateway| gateway.upstream(&upstream.name));
+                UpstreamTarget::carry_over(upstream.clone(), Arc::clone(&metrics), old)
+                    .map(Arc::new)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let dedup = match previous {
+            Some(old) => {
+                if !same_dedup(&old.dedup_config, &config.dedup) {
+                    tracing::warn!(
+                        "[dedup] changed: restart hookgate to apply it; the running store is kept"
+                    );
+                }
+                Arc::clone(&old.dedup)
+            }
+            None => Arc::new(Dedup::from_config(&config.dedup)?),
+        };
+        let inbound = match previous {
+            Some(old) if old.rate_limit_config == config.rate_limit => Arc::clone(&old.inbound),
+            _ => Arc::new(rate_limit::InboundLimits::from_config(&config.rate_limit)?),
+        };
         Ok(Self {
             sources_by_path,
             router: Router::new(config.routes.clone()),
-            upstreams: config
-                .upstreams
-                .iter()
-                .map(|upstream| UpstreamTarget::new(upstream.clone()).map(Arc::new))
-                .collect::<anyhow::Result<_>>()?,
-            dedup: Arc::new(Dedup::from_config(&config.dedup)?),
-            inbound: rate_limit::InboundLimits::from_config(&config.rate_limit)?,
+            upstreams,
+            dedup,
+            // What runs keeps running: a reloaded gateway keeps the dedup settings it runs on.
+            dedup_config: previous
+                .map_or_else(|| config.dedup.clone(), |old| old.dedup_config.clone()),
+            inbound,
+            rate_limit_config: config.rate_limit.clone(),
             clients: Clients::from_config(&config.upstreams)?,
-            forwards: TaskTracker::new(),
+            forwards: previous.map_or_else(TaskTracker::new, |old| old.forwards.clone()),
+            unknown_source: metrics.source_counters(UNKNOWN_SOURCE),
+            metrics,
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_timeout,
             respond_within: config.server.respond_within,
@@ -109,6 +171,18 @@ impl Gateway {
                 "http"
             },
         })
+    }
+
+    fn upstream(&self, name: &str) -> Option<&UpstreamTarget> {
+        self.upstreams
+            .iter()
+            .find(|target| &*target.name == name)
+            .map(|target| &**target)
+    }
+
+    /// The metrics this gateway counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Requests in flight per upstream (for the `hookgate_in_flight` gauge).
@@ -147,36 +221,49 @@ impl Gateway {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let http1 = request.version() <= Version::HTTP_11;
-        match self.handle_event(request, client).await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::info!(status = error.status().as_u16(), error = %error, "request refused");
-                let mut response = error.to_response();
-                // HTTP/1 only: h2 forbids connection headers and resets the stream instead.
-                if http1 && error.closes_connection() {
-                    response
-                        .headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
+        let Some(source) = self.sources_by_path.get(request.uri().path()) else {
+            self.unknown_source.count(RequestOutcome::BadRequest);
+            return refuse(&GatewayError::UnknownPath, http1);
+        };
+        match self.handle_event(source, request, client).await {
+            Ok((response, outcome)) => {
+                source.counters.count(outcome);
+                match outcome {
+                    RequestOutcome::Duplicate => self.metrics.dedup_hit(),
+                    RequestOutcome::RateLimited => {
+                        self.metrics.rate_limited(rate_limit::Scope::Upstream)
+                    }
+                    _ => {}
                 }
                 response
+            }
+            Err(error) => {
+                source.counters.count(error.outcome());
+                if let GatewayError::RateLimited { scope, .. } = &error {
+                    self.metrics.rate_limited(*scope);
+                }
+                tracing::info!(
+                    source = %source.name,
+                    status = error.status().as_u16(),
+                    error = %error,
+                    "request refused"
+                );
+                refuse(&error, http1)
             }
         }
     }
 
     async fn handle_event<B>(
         &self,
+        source: &SourceEntry,
         request: Request<B>,
         client: SocketAddr,
-    ) -> Result<Response<Full<Bytes>>, GatewayError>
+    ) -> Result<(Response<Full<Bytes>>, RequestOutcome), GatewayError>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
-        let source = self
-            .sources_by_path
-            .get(request.uri().path())
-            .ok_or(GatewayError::UnknownPath)?;
         receive::check_method(request.method())?;
         receive::check_transfer_coding(request.headers())?;
         // Size (413) before the rate limits (429), and both before a byte of body is read:
@@ -202,7 +289,7 @@ impl Gateway {
                 status = self.unrouted_status.as_u16(),
                 "event unrouted"
             );
-            return Ok(self.unrouted(&event.event_type));
+            return Ok((self.unrouted(&event.event_type), RequestOutcome::Unrouted));
         };
 
         let delivery = Arc::new(Delivery::new(
@@ -245,15 +332,20 @@ impl Gateway {
         let shared = led.iter().zip(&outcomes).all(|(&led, outcome)| {
             !led || matches!(outcome.as_deref(), Some(Outcome::Replayed(_)))
         });
-        let (mut response, decided_by) = match relay::decide(&outcomes) {
+        let (mut response, decided_by, mut outcome) = match relay::decide(&outcomes) {
             Decision::Outcome(position) => {
-                let outcome = outcomes[position].as_deref().unwrap_or(&Outcome::Lost);
-                (relay::respond(outcome), Some(position))
+                let decided = outcomes[position].as_deref().unwrap_or(&Outcome::Lost);
+                (
+                    relay::respond(decided),
+                    Some(position),
+                    request_outcome(decided),
+                )
             }
-            Decision::StillBusy => (relay::still_busy(), None),
+            Decision::StillBusy => (relay::still_busy(), None, RequestOutcome::UpstreamError),
         };
         if shared {
             relay::mark_duplicate(&mut response);
+            outcome = RequestOutcome::Duplicate;
         }
         if tracing::enabled!(tracing::Level::INFO) {
             let name = |index: usize| &*self.upstreams[index].name;
@@ -266,12 +358,13 @@ impl Gateway {
                 upstreams = %upstreams.join(","),
                 decided_by = decided_by.map_or("respond_within", |position| upstreams[position]),
                 status = response.status().as_u16(),
+                outcome = outcome.as_str(),
                 duplicate = shared,
                 duration_ms = started.elapsed().as_millis() as u64,
                 "event handled"
             );
         }
-        Ok(response)
+        Ok((response, outcome))
     }
 
     /// Settles a led key in its own task: the forward must finish (and record a 2xx) even if
@@ -305,6 +398,38 @@ impl Gateway {
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
+}
+
+/// The `source` label of requests whose path names no source.
+const UNKNOWN_SOURCE: &str = "unknown";
+
+/// The answer for a refused request; on HTTP/1 the connection is closed when the body may be
+/// unread (h2 forbids connection headers and resets the stream instead).
+fn refuse(error: &GatewayError, http1: bool) -> Response<Full<Bytes>> {
+    let mut response = error.to_response();
+    if http1 && error.closes_connection() {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// How an answer decided by `outcome` is counted.
+fn request_outcome(outcome: &Outcome) -> RequestOutcome {
+    match outcome {
+        Outcome::Answered(_) | Outcome::Replayed(_) => RequestOutcome::Forwarded,
+        Outcome::Busy | Outcome::RateLimited { .. } => RequestOutcome::RateLimited,
+        Outcome::DedupUnavailable => RequestOutcome::Unavailable,
+        Outcome::TimedOut | Outcome::Unreachable | Outcome::Lost | Outcome::FailedElsewhere => {
+            RequestOutcome::UpstreamError
+        }
+    }
+}
+
+/// Whether two `[dedup]` sections describe the same store.
+fn same_dedup(a: &DedupConfig, b: &DedupConfig) -> bool {
+    a.ttl == b.ttl && a.max_entries == b.max_entries && a.backend == b.backend
 }
 
 /// Waits for every outcome until `deadline`; those not known by then are `None`.

@@ -34,7 +34,7 @@ pub const RETAIN_INTERVAL: Duration = Duration::from_secs(5);
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Which limit refused a request; also the `scope` label of `hookgate_rate_limited_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
     /// `[rate_limit] per_client`.
     Client,

@@ -2,10 +2,13 @@
 //! ALPN, without TLS by h2c prior knowledge), bounds the number of open connections, and
 //! drains on shutdown.
 
+pub mod reload;
 pub mod signal;
 pub mod tls;
 
 use std::convert::Infallible;
+
+use arc_swap::ArcSwap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +46,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let tls = TlsTerminator::for_server(&config.server)?;
-    let gateway = Arc::new(Gateway::from_config(&config)?);
+    let gateway = Arc::new(ArcSwap::from_pointee(Gateway::from_config(&config)?));
     serve_with_tls(listener, gateway, &config.server, tls, shutdown).await
 }
 
@@ -58,18 +61,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let tls = TlsTerminator::for_server(server)?;
+    let gateway = Arc::new(ArcSwap::new(gateway));
     serve_with_tls(listener, gateway, server, tls, shutdown).await
 }
 
 /// Like [`serve`], with the TLS side built by the caller, who keeps it to reload the
-/// certificate ([`TlsTerminator::reload`]). `None` serves plain HTTP whatever `server.tls`
-/// says.
+/// certificate ([`TlsTerminator::reload`]), and the gateway behind an [`ArcSwap`] that a
+/// config reload replaces: each request loads the current gateway once and keeps it to the
+/// end, so no request ever sees half of one config and half of another. `None` serves plain
+/// HTTP whatever `server.tls` says.
 ///
 /// # Errors
 /// Only if the connection limit's semaphore is closed, which does not happen.
 pub async fn serve_with_tls(
     listener: TcpListener,
-    gateway: Arc<Gateway>,
+    gateway: Arc<ArcSwap<Gateway>>,
     server: &ServerConfig,
     tls: Option<Arc<TlsTerminator>>,
     shutdown: impl Future<Output = ()>,
@@ -115,7 +121,10 @@ pub async fn serve_with_tls(
                 // it by the handshake's time would shorten every keep-alive head after it).
                 Some(tls) => match tls.accept(stream).await {
                     Ok(stream) => connection.serve(stream).await,
-                    Err(error) => tracing::debug!(%client, %error, "TLS handshake failed"),
+                    Err(error) => {
+                        connection.gateway.load().metrics().tls_handshake_failure();
+                        tracing::debug!(%client, %error, "TLS handshake failed");
+                    }
                 },
             }
             drop(slot);
@@ -124,10 +133,12 @@ pub async fn serve_with_tls(
 
     drop(listener);
     tracing::info!("shutting down: listener closed, draining in-flight requests");
-    gateway.forwards().close();
+    // Every gateway of this process shares one forward tracker (reloads carry it over).
+    let forwards = gateway.load().forwards().clone();
+    forwards.close();
     let drain = async {
         graceful.shutdown().await;
-        gateway.forwards().wait().await;
+        forwards.wait().await;
     };
     if tokio::time::timeout(server.shutdown_timeout, drain)
         .await
@@ -144,7 +155,7 @@ pub async fn serve_with_tls(
 /// One accepted connection, ready to be served once its transport is (after TLS, if any).
 struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    gateway: Arc<Gateway>,
+    gateway: Arc<ArcSwap<Gateway>>,
     client: SocketAddr,
     watcher: Watcher,
 }
@@ -162,7 +173,7 @@ impl Connection {
             watcher,
         } = self;
         let service = service_fn(move |request| {
-            let gateway = Arc::clone(&gateway);
+            let gateway = gateway.load_full();
             // In a task of its own: hyper drops a service future when its connection goes
             // away, and a sender that hangs up right after its request must not cancel the
             // handling before the forward is started (the retry gets the recorded answer).

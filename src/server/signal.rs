@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::tls::TlsTerminator;
+use super::reload::Reloader;
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C), logging which one arrived.
 ///
@@ -24,30 +24,21 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-/// Reloads the TLS certificate on every SIGHUP, for as long as the returned future runs
-/// (spawn it). A rejected reload is logged and the previous certificate keeps serving.
-///
-/// The handler is installed even without TLS: SIGHUP's default action would end the process.
+/// Reloads the config and certificates on every SIGHUP ([`Reloader::reload`]), for as long
+/// as the returned future runs (spawn it). A rejected reload is logged and counted, and the
+/// running config keeps serving.
 ///
 /// # Errors
 /// If the signal handler cannot be installed.
-pub fn reload_on_hangup(
-    tls: Option<Arc<TlsTerminator>>,
-) -> std::io::Result<impl Future<Output = ()>> {
+pub fn reload_on_hangup(reloader: Arc<Reloader>) -> std::io::Result<impl Future<Output = ()>> {
     let mut hangup = signal(SignalKind::hangup())?;
     Ok(async move {
         while hangup.recv().await.is_some() {
-            let Some(tls) = tls.clone() else {
-                tracing::info!(
-                    "SIGHUP: no certificates to reload (config reload is not built yet)"
-                );
-                continue;
-            };
-            // Off the async workers: it reads files.
-            match tokio::task::spawn_blocking(move || tls.reload()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!("{error:#}"),
-                Err(error) => tracing::error!(%error, "certificate reload failed"),
+            tracing::info!(signal = "SIGHUP", "reloading config and certificates");
+            let reloader = Arc::clone(&reloader);
+            // Off the async workers: it reads files. The result is logged by `reload`.
+            if let Err(error) = tokio::task::spawn_blocking(move || reloader.reload()).await {
+                tracing::error!(%error, "the reload task failed");
             }
         }
     })

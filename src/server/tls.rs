@@ -348,6 +348,26 @@ impl TlsTerminator {
         Ok(())
     }
 
+    /// Loads the certificate `tls` names (a config being reloaded), without serving it:
+    /// [`TlsTerminator::install`] does that once everything else in the new config is valid
+    /// too. `None` for a self-signed certificate, which is kept.
+    ///
+    /// # Errors
+    /// If the files cannot be used together (the message names the file).
+    pub fn prepare(&self, tls: &TlsConfig) -> anyhow::Result<Option<CertifiedKey>> {
+        match tls {
+            TlsConfig::Files { cert, key } => {
+                Ok(Some(read_certified_key(cert, key, &self.provider)?))
+            }
+            TlsConfig::SelfSigned => Ok(None),
+        }
+    }
+
+    /// Serves `certified` to new connections; open connections keep theirs.
+    pub fn install(&self, certified: CertifiedKey) {
+        self.cert.0.store(Arc::new(certified));
+    }
+
     /// The certificate new connections get now.
     pub fn certificate(&self) -> Arc<CertifiedKey> {
         self.cert.0.load_full()

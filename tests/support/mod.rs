@@ -1018,6 +1018,7 @@ pub async fn spawn_tls_config(
             let shutdown = async {
                 let _ = shutdown_rx.await;
             };
+            let gateway = Arc::new(arc_swap::ArcSwap::new(gateway));
             hookgate::server::serve_with_tls(listener, gateway, &config.server, Some(tls), shutdown)
                 .await
         }

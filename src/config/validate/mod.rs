@@ -10,7 +10,6 @@
 mod routes;
 mod server;
 mod sources;
-mod unbuilt;
 mod upstreams;
 
 use std::env::VarError;
@@ -31,7 +30,6 @@ pub(crate) fn validate(
     raw: RawConfig,
     path: &Path,
     env: EnvLookup<'_>,
-    unbuilt: Unbuilt,
 ) -> Result<Config, Vec<(KeyPath, String)>> {
     let mut v = Validator {
         issues: Vec::new(),
@@ -55,22 +53,10 @@ pub(crate) fn validate(
         upstreams,
         routes,
     };
-    if unbuilt == Unbuilt::Refuse {
-        v.refuse_unbuilt(&config);
-    }
     if !v.issues.is_empty() {
         return Err(v.issues);
     }
     Ok(config)
-}
-
-/// Whether keys of features not built yet are refused ([`unbuilt`]). Only the validation
-/// unit tests, which check those keys' own rules, turn this off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Unbuilt {
-    Refuse,
-    #[cfg(test)]
-    Allow,
 }
 
 struct Validator<'a> {

@@ -126,8 +126,10 @@ impl Dedup {
         self.records.get(key)
     }
 
-    /// How many records are held (approximate; moka counts lazily).
+    /// How many records are held. moka counts lazily, so this first runs its pending
+    /// maintenance: call it at scrape time, not per request.
     pub fn record_count(&self) -> u64 {
+        self.records.run_pending_tasks();
         self.records.entry_count()
     }
 
@@ -299,7 +301,6 @@ mod tests {
             };
             lease.complete(answered(200));
         }
-        dedup.records.run_pending_tasks();
         assert_eq!(dedup.record_count(), 3);
         // Least recently used go first: the newest record is still there.
         assert!(matches!(dedup.claim(key("49")), Claim::Recorded(_)));
