@@ -10,18 +10,24 @@
 //!
 //! # Crate map, in the order a request travels
 //!
-//! - [`server`]: accepts connections (HTTP/1.1 and h2 on one port), bounds their number and
-//!   drains them on shutdown.
+//! - [`server`]: accepts connections (HTTP/1.1 and h2 on one port; TLS via [`server::tls`]),
+//!   bounds their number, drains on shutdown; [`server::reload`] swaps config on SIGHUP.
 //! - [`pipeline`]: [`pipeline::Gateway::handle`] runs the stages in the contract's order:
-//!   - [`pipeline::receive`]: source by path, method, bounded body (404/405/413/408);
+//!   - [`pipeline::receive`]: source by path, method, framing, bounded body (404/405/413/408);
+//!   - [`pipeline::rate_limit`]: inbound limits before the body is read, upstream limits
+//!     before a forward (429);
+//!   - [`pipeline::authenticate`]: the source's verification over the raw bytes (401);
 //!   - [`pipeline::parse`]: one JSON parse, event id and type at the source's pointers (400);
 //!   - [`pipeline::route`]: event type (+ payload matches) to upstream(s);
-//!   - [`pipeline::dedup`]: replay a recorded answer, join an in-flight forward, or claim it;
-//!   - [`pipeline::forward`]: the upstream request, in its own task so it outlives the sender;
+//!   - [`pipeline::dedup`]: replay a recorded answer, join an in-flight forward, or claim it
+//!     (in memory, and across replicas in Redis);
+//!   - [`pipeline::settle`] and [`pipeline::forward`]: the upstream request ([`pipeline::redact`],
+//!     [`pipeline::sign`]), in its own task so it outlives the sender;
 //!   - [`pipeline::relay`]: upstream answer(s) to the sender's response.
-//! - [`upstream`]: the one pooled HTTP client for every upstream.
+//! - [`upstream`]: the pooled HTTP/HTTPS clients.
 //! - [`config`]: the TOML file, typed and validated before anything binds.
 //! - [`error`]: request errors and their single mapping to statuses.
+//! - [`metrics`] and [`admin`]: what operators scrape and probe.
 //! - [`demo`]: `hookgate demo`, the quick start's round trip with an example legacy app.
 
 #![forbid(unsafe_code)]
