@@ -30,6 +30,8 @@ use tls::TlsTerminator;
 pub const MAX_HEADERS: usize = 100;
 /// HTTP/2 streams one client may have open at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2 streams a client may reset before they are served, per connection.
+pub const MAX_PENDING_RESET_STREAMS: usize = 20;
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -210,7 +212,11 @@ fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // Rapid reset (CVE-2023-44487): a client that cancels more streams than this before
+        // they are served gets GOAWAY(ENHANCE_YOUR_CALM). h2's default today; pinned here so
+        // a dependency update cannot quietly drop it (tests/hostile_clients.rs).
+        .max_pending_accept_reset_streams(MAX_PENDING_RESET_STREAMS);
     builder
 }
 
