@@ -190,3 +190,56 @@ async fn connections_beyond_max_connections_wait_and_are_served_later() {
         .expect("write on the second connection");
     assert_eq!(second.read_response().await.status, 200);
 }
+
+/// `idle_timeout` and `header_timeout` as the contract times them on a keep-alive
+/// connection: while it waits for its next request only `idle_timeout` runs (so a wait
+/// longer than `header_timeout` is fine), and an idle connection is closed once
+/// `idle_timeout` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_waits_are_timed_by_idle_timeout_not_header_timeout() {
+    let upstream = FakeUpstream::start(Reply::status(200)).await;
+    let server = "header_timeout = \"200ms\"\nidle_timeout = \"3s\"";
+    let gateway = spawn_gateway(&one_route_config(&upstream.url("/hook"), server, "")).await;
+    let mut conn = RawConn::connect(gateway.addr).await;
+    conn.write(&raw_post("/fp", &event(json!(1), "lead_signup"), ""))
+        .await
+        .unwrap();
+    assert_eq!(conn.read_response().await.status, 200);
+
+    // A setup step, not a timing assertion: wait well past header_timeout (200 ms) and well
+    // within idle_timeout (3 s). Timed from the last response, the head timer would have
+    // closed the connection by now.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    conn.write(&raw_post("/fp", &event(json!(2), "lead_signup"), ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.read_response().await.status,
+        200,
+        "the idle connection was kept"
+    );
+
+    // Then idle: closed after idle_timeout (bounded wait).
+    conn.expect_closed().await;
+    assert_eq!(upstream.count(), 2);
+}
+
+/// On a keep-alive connection, `header_timeout` runs from the first byte of the next
+/// request: a head that starts and stalls is cut off long before `idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_second_head_is_cut_off_by_header_timeout() {
+    let upstream = FakeUpstream::start(Reply::status(200)).await;
+    let server = "header_timeout = \"300ms\"\nidle_timeout = \"60s\"";
+    let gateway = spawn_gateway(&one_route_config(&upstream.url("/hook"), server, "")).await;
+    let mut conn = RawConn::connect(gateway.addr).await;
+    conn.write(&raw_post("/fp", &event(json!(1), "lead_signup"), ""))
+        .await
+        .unwrap();
+    assert_eq!(conn.read_response().await.status, 200);
+    conn.write(b"POST /fp HTTP/1.1\r\nhost: gateway.test\r\n")
+        .await
+        .unwrap();
+    // Closed within STEP (10 s), far below idle_timeout (60 s): only the head timer can do it.
+    conn.expect_closed().await;
+    assert_eq!(upstream.count(), 1);
+}

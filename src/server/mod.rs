@@ -2,6 +2,7 @@
 //! ALPN, without TLS by h2c prior knowledge), bounds the number of open connections, and
 //! drains on shutdown.
 
+pub mod idle;
 pub mod reload;
 pub mod signal;
 pub mod tls;
@@ -24,6 +25,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Config, ServerConfig};
 use crate::pipeline::Gateway;
+use idle::{Activity, Watched};
 use tls::TlsTerminator;
 
 /// Most headers accepted in one request head; more is a hostile or broken client.
@@ -82,7 +84,7 @@ pub async fn serve_with_tls(
     tls: Option<Arc<TlsTerminator>>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let builder = Arc::new(connection_builder(server));
+    let builder = Arc::new(connection_builder());
     let graceful = GracefulShutdown::new();
     let connection_slots = Arc::new(Semaphore::new(server.max_connections));
     tokio::pin!(shutdown);
@@ -112,6 +114,10 @@ pub async fn serve_with_tls(
             // Taken now, before the handshake: a shutdown that starts mid-handshake then
             // still reaches this connection (and waits for it).
             watcher: graceful.watcher(),
+            // From the accept: the first head's timer includes the TLS handshake.
+            activity: Activity::accepted(),
+            header_timeout: server.header_timeout,
+            idle_timeout: server.idle_timeout,
         };
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -160,6 +166,9 @@ struct Connection {
     gateway: Arc<ArcSwap<Gateway>>,
     client: SocketAddr,
     watcher: Watcher,
+    activity: Arc<Activity>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Connection {
@@ -173,14 +182,21 @@ impl Connection {
             gateway,
             client,
             watcher,
+            activity,
+            header_timeout,
+            idle_timeout,
         } = self;
+        let io = Watched::new(io, Arc::clone(&activity));
+        let requests = Arc::clone(&activity);
         let service = service_fn(move |request| {
+            let in_progress = requests.request_started();
             let gateway = gateway.load_full();
             // In a task of its own: hyper drops a service future when its connection goes
             // away, and a sender that hangs up right after its request must not cancel the
             // handling before the forward is started (the retry gets the recorded answer).
             let handling = tokio::spawn(async move { gateway.handle(request, client).await });
             async move {
+                let _in_progress = in_progress;
                 let response = match handling.await {
                     Ok(response) => response,
                     Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
@@ -196,18 +212,25 @@ impl Connection {
         let connection = builder
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
-        if let Err(error) = watcher.watch(connection).await {
-            tracing::debug!(%client, error = %error, "connection ended with an error");
+        tokio::select! {
+            served = watcher.watch(connection) => if let Err(error) = served {
+                tracing::debug!(%client, error = %error, "connection ended with an error");
+            },
+            // Dropping the connection closes it.
+            expiry = activity.expired(header_timeout, idle_timeout) => {
+                tracing::debug!(%client, ?expiry, "connection closed by its timer");
+            }
         }
     }
 }
 
-fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(server.header_timeout)
+        // Off: it starts at the previous response; `idle` times heads as the contract says.
+        .header_read_timeout(None)
         .max_headers(MAX_HEADERS);
     builder
         .http2()
