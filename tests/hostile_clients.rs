@@ -243,3 +243,112 @@ async fn a_stalled_second_head_is_cut_off_by_header_timeout() {
     conn.expect_closed().await;
     assert_eq!(upstream.count(), 1);
 }
+
+/// A body trickled a byte at a time is cut off at `body_timeout`: bytes keep arriving, so
+/// only a deadline on the whole body stops it. 408, connection closed, nothing forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_is_cut_off_at_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = FakeUpstream::start(Reply::status(200)).await;
+    let server = "body_timeout = \"500ms\"";
+    let gateway = spawn_gateway(&one_route_config(&upstream.url("/hook"), server, "")).await;
+    let body = event(json!(1), "lead_signup");
+    let request = raw_post("/fp", &body, "");
+    let head_len = request.len() - body.len();
+    let (mut from_gateway, mut to_gateway) =
+        TcpStream::connect(gateway.addr).await.unwrap().into_split();
+    to_gateway.write_all(&request[..head_len]).await.unwrap();
+    // One byte every 50 ms: the whole body would take ~len x 50 ms (well over a minute).
+    let trickle = tokio::spawn(async move {
+        let mut sent = 0;
+        for byte in &request[head_len..] {
+            if to_gateway
+                .write_all(std::slice::from_ref(byte))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sent
+    });
+    let answer = bounded("the gateway to answer the trickled body", async {
+        let mut answer = Vec::new();
+        let _ = from_gateway.read_to_end(&mut answer).await; // until the gateway closes
+        answer
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    trickle.abort();
+    assert!(
+        body.len() > 100,
+        "the body is long enough to outlast body_timeout"
+    );
+    assert_eq!(upstream.count(), 0);
+}
+
+/// Slowloris: clients trickling a request head forever are cut off at `header_timeout`,
+/// while a normal client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_clients_are_cut_off_while_others_are_served() {
+    let upstream = FakeUpstream::start(Reply::status(200)).await;
+    let server = "header_timeout = \"500ms\"";
+    let gateway = spawn_gateway(&one_route_config(&upstream.url("/hook"), server, "")).await;
+    let head = b"POST /fp HTTP/1.1\r\nhost: gateway.test\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let slow_clients: Vec<_> = (0..20)
+        .map(|_| {
+            let addr = gateway.addr;
+            tokio::spawn(async move {
+                let mut conn = RawConn::connect(addr).await;
+                for byte in head {
+                    if conn.write(std::slice::from_ref(byte)).await.is_err() {
+                        return true; // cut off while trickling
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                false // the whole head went through: never cut off
+            })
+        })
+        .collect();
+    let answer = Sender::http1()
+        .post(&gateway.url("/fp"), event(json!(1), "lead_signup"))
+        .await;
+    assert_eq!(
+        answer.status, 200,
+        "a normal client is served during the attack"
+    );
+    for client in slow_clients {
+        let cut_off = bounded("a slowloris client to be cut off", client)
+            .await
+            .unwrap();
+        assert!(cut_off, "a slowloris client outlived header_timeout");
+    }
+    assert_eq!(upstream.count(), 1);
+}
+
+/// Too many header lines, or a head larger than hyper's buffer, are refused (431 or 400)
+/// and the connection is closed; nothing is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_or_too_large_headers_are_refused() {
+    let upstream = FakeUpstream::start(Reply::status(200)).await;
+    let gateway = spawn_gateway(&one_route_config(&upstream.url("/hook"), "", "")).await;
+    let body = event(json!(1), "lead_signup");
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let huge = format!("x-big: {}\r\n", "a".repeat(600 * 1024));
+    for (what, extra) in [("150 header lines", many), ("a 600 KiB header", huge)] {
+        let mut conn = RawConn::connect(gateway.addr).await;
+        // The server may stop reading mid-head; a failed write then is part of the refusal.
+        let _ = conn.write(&raw_post("/fp", &body, &extra)).await;
+        let answer = conn.read_response().await;
+        assert!(
+            matches!(answer.status, 431 | 400),
+            "{what}: got {}",
+            answer.status
+        );
+        conn.expect_closed().await;
+    }
+    assert_eq!(upstream.count(), 0);
+}
