@@ -5,6 +5,7 @@ pub mod authenticate;
 pub mod dedup;
 pub mod forward;
 pub mod parse;
+pub mod payload;
 pub mod rate_limit;
 pub mod receive;
 pub mod redact;
@@ -302,7 +303,8 @@ impl Gateway {
             self.proto,
             &event.id,
             &event.event_type,
-            body,
+            // A reference-count bump: the bytes are shared, never copied.
+            body.clone(),
         ));
         let mut pending = Vec::with_capacity(route.upstreams.len());
         let mut led = Vec::with_capacity(route.upstreams.len());
@@ -319,7 +321,7 @@ impl Gateway {
                         true => Arc::clone(&delivery),
                         false => Arc::new(
                             delivery
-                                .with_body(redact::redact(&event.payload, &target.config.redact)),
+                                .with_body(redact::redact(&delivery.body, &target.config.redact)),
                         ),
                     };
                     Pending::Waiting(self.spawn_settle(target, &delivery, lease))

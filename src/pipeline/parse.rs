@@ -1,9 +1,12 @@
-//! Parse: one JSON parse of the body, then the event id and type at the source's pointers.
+//! Parse: validate the body as JSON once, then read the event id and type at the source's
+//! pointers ([`Payload`] materialises only those values).
 //!
-//! The parsed tree is kept for routing (`match` pointers); the original bytes are what gets
+//! The payload view is kept for routing (`match` pointers); the original bytes are what gets
 //! forwarded, so oddly formatted JSON reaches the upstream byte for byte.
 
 use serde_json::Value;
+
+use super::payload::Payload;
 
 use crate::config::Source;
 use crate::error::GatewayError;
@@ -15,23 +18,23 @@ pub const MAX_EVENT_ID_BYTES: usize = 256;
 /// Longest event type accepted (it is forwarded as a header and logged).
 pub const MAX_EVENT_TYPE_BYTES: usize = 256;
 
-/// A parsed event.
+/// A parsed event, borrowing the body it came from.
 #[derive(Debug)]
-pub struct Event {
+pub struct Event<'a> {
     /// The id in canonical text form: a number and the same digits as a string are one id.
     pub id: String,
     /// The event type.
     pub event_type: String,
     /// The whole payload, for route `match` pointers.
-    pub payload: Value,
+    pub payload: Payload<'a>,
 }
 
 /// Parses `body` and reads the event id and type where `source` says they are.
 ///
 /// # Errors
 /// 400-class [`GatewayError`]s naming what is missing or malformed.
-pub fn parse(body: &[u8], source: &Source) -> Result<Event, GatewayError> {
-    let payload: Value = serde_json::from_slice(body).map_err(GatewayError::InvalidJson)?;
+pub fn parse<'a>(body: &'a [u8], source: &Source) -> Result<Event<'a>, GatewayError> {
+    let payload = Payload::parse(body).map_err(GatewayError::InvalidJson)?;
     let id = event_id(&payload, &source.event_id)?;
     let event_type = event_type(&payload, &source.event_type)?;
     Ok(Event {
@@ -41,18 +44,18 @@ pub fn parse(body: &[u8], source: &Source) -> Result<Event, GatewayError> {
     })
 }
 
-fn event_id(payload: &Value, pointer: &str) -> Result<String, GatewayError> {
+fn event_id(payload: &Payload<'_>, pointer: &str) -> Result<String, GatewayError> {
     let invalid = |reason| GatewayError::InvalidEventId {
         pointer: pointer.to_owned(),
         reason,
     };
-    let id = match payload.pointer(pointer) {
+    let id = match payload.get(pointer) {
         None | Some(Value::Null) => {
             return Err(GatewayError::MissingEventId {
                 pointer: pointer.to_owned(),
             })
         }
-        Some(Value::String(text)) => text.clone(),
+        Some(Value::String(text)) => text,
         // `5367` and `"5367"` must dedup as one event: both become the text "5367".
         Some(Value::Number(number)) => number.to_string(),
         Some(_) => return Err(invalid("must be a string or a number")),
@@ -61,18 +64,18 @@ fn event_id(payload: &Value, pointer: &str) -> Result<String, GatewayError> {
     Ok(id)
 }
 
-fn event_type(payload: &Value, pointer: &str) -> Result<String, GatewayError> {
+fn event_type(payload: &Payload<'_>, pointer: &str) -> Result<String, GatewayError> {
     let invalid = |reason| GatewayError::InvalidEventType {
         pointer: pointer.to_owned(),
         reason,
     };
-    match payload.pointer(pointer) {
+    match payload.get(pointer) {
         None | Some(Value::Null) => Err(GatewayError::MissingEventType {
             pointer: pointer.to_owned(),
         }),
         Some(Value::String(text)) => {
-            check_header_safe(text, MAX_EVENT_TYPE_BYTES).map_err(invalid)?;
-            Ok(text.clone())
+            check_header_safe(&text, MAX_EVENT_TYPE_BYTES).map_err(invalid)?;
+            Ok(text)
         }
         Some(_) => Err(invalid("must be a string")),
     }

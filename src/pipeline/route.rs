@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use super::payload::Payload;
 use crate::config::{Route, TypePattern};
 
 /// The route table of one config, in file order.
@@ -18,14 +19,14 @@ impl Router {
     }
 
     /// The first route matching the event, if any.
-    pub fn find(&self, source: &str, event_type: &str, payload: &Value) -> Option<&Route> {
+    pub fn find(&self, source: &str, event_type: &str, payload: &Payload<'_>) -> Option<&Route> {
         self.routes
             .iter()
             .find(|route| route_matches(route, source, event_type, payload))
     }
 }
 
-fn route_matches(route: &Route, source: &str, event_type: &str, payload: &Value) -> bool {
+fn route_matches(route: &Route, source: &str, event_type: &str, payload: &Payload<'_>) -> bool {
     route.source.as_deref().is_none_or(|name| name == source)
         && route
             .event_types
@@ -33,8 +34,8 @@ fn route_matches(route: &Route, source: &str, event_type: &str, payload: &Value)
             .any(|pattern| type_matches(pattern, event_type))
         && route.matches.iter().all(|(pointer, expected)| {
             payload
-                .pointer(pointer)
-                .is_some_and(|actual| value_matches(expected, actual))
+                .get(pointer)
+                .is_some_and(|actual| value_matches(expected, &actual))
         })
 }
 
@@ -130,8 +131,11 @@ mod tests {
             ),
             route(vec![TypePattern::Any], vec![], 2),
         ]);
-        let campaign = |id: Value| json!({"data": {"campaign": {"id": id}}});
-        let pick = |t: &str, p: &Value| router.find("fp", t, p).map(|r| r.upstreams[0]);
+        let campaign = |id: Value| json!({"data": {"campaign": {"id": id}}}).to_string();
+        let pick = |t: &str, body: &str| {
+            let payload = Payload::parse(body.as_bytes()).unwrap();
+            router.find("fp", t, &payload).map(|r| r.upstreams[0])
+        };
         assert_eq!(pick("fulfilment_pending", &campaign(json!(41002))), Some(0));
         assert_eq!(
             pick("fulfilment_pending", &campaign(json!("41002"))),
@@ -142,7 +146,7 @@ mod tests {
             Some(0)
         );
         assert_eq!(pick("fulfilment_pending", &campaign(json!(41001))), Some(1));
-        assert_eq!(pick("lead_signup", &json!({})), Some(2));
+        assert_eq!(pick("lead_signup", "{}"), Some(2));
     }
 
     #[test]
@@ -150,7 +154,8 @@ mod tests {
         let mut only_fp = route(vec![TypePattern::Any], vec![], 0);
         only_fp.source = Some("fp".into());
         let router = Router::new(vec![only_fp]);
-        assert!(router.find("fp", "x", &json!({})).is_some());
-        assert!(router.find("other", "x", &json!({})).is_none());
+        let empty = Payload::parse(b"{}").unwrap();
+        assert!(router.find("fp", "x", &empty).is_some());
+        assert!(router.find("other", "x", &empty).is_none());
     }
 }
