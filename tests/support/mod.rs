@@ -90,6 +90,19 @@ struct UpstreamState {
     gated: std::sync::atomic::AtomicBool,
 }
 
+impl UpstreamState {
+    fn new(fallback: Reply) -> Arc<Self> {
+        Arc::new(Self {
+            script: Mutex::new(VecDeque::new()),
+            fallback: Mutex::new(fallback),
+            seen: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+            gated: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+}
+
 /// A small hyper server on an ephemeral port that records what it gets and answers from a
 /// script (then with the fallback reply).
 #[derive(Clone)]
@@ -106,14 +119,7 @@ impl FakeUpstream {
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
-        let state = Arc::new(UpstreamState {
-            script: Mutex::new(VecDeque::new()),
-            fallback: Mutex::new(fallback),
-            seen: Mutex::new(Vec::new()),
-            arrived: Notify::new(),
-            gate: tokio::sync::Semaphore::new(0),
-            gated: std::sync::atomic::AtomicBool::new(false),
-        });
+        let state = UpstreamState::new(fallback);
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         let server_state = Arc::clone(&state);
         tokio::spawn(async move {
@@ -954,14 +960,7 @@ impl FakeUpstream {
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
-        let state = Arc::new(UpstreamState {
-            script: Mutex::new(VecDeque::new()),
-            fallback: Mutex::new(fallback),
-            seen: Mutex::new(Vec::new()),
-            arrived: Notify::new(),
-            gate: tokio::sync::Semaphore::new(0),
-            gated: std::sync::atomic::AtomicBool::new(false),
-        });
+        let state = UpstreamState::new(fallback);
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         let server_state = Arc::clone(&state);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
