@@ -112,6 +112,9 @@ pub struct UpstreamTarget {
     pub signer: Option<Signer>,
     /// Where attempts are counted.
     pub metrics: Arc<Metrics>,
+    /// The pooled client for this upstream (the shared one, or its own for `ca` /
+    /// `client_cert`), resolved once rather than looked up per forward.
+    pub client: HttpClient,
 }
 
 impl UpstreamTarget {
@@ -119,8 +122,12 @@ impl UpstreamTarget {
     ///
     /// # Errors
     /// If a `sign` secret does not decode (config validation refuses those first).
-    pub fn new(config: Upstream, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        Self::carry_over(config, metrics, None)
+    pub fn new(
+        config: Upstream,
+        client: HttpClient,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        Self::carry_over(config, client, metrics, None)
     }
 
     /// Like [`UpstreamTarget::new`], keeping `previous`'s in-flight count and rate-limit
@@ -131,6 +138,7 @@ impl UpstreamTarget {
     /// As [`UpstreamTarget::new`].
     pub fn carry_over(
         config: Upstream,
+        client: HttpClient,
         metrics: Arc<Metrics>,
         previous: Option<&UpstreamTarget>,
     ) -> anyhow::Result<Self> {
@@ -163,6 +171,7 @@ impl UpstreamTarget {
             rate_limit,
             signer,
             metrics,
+            client,
             config,
         })
     }
@@ -252,7 +261,7 @@ impl Delivery {
 }
 
 /// Forwards `delivery` to `target` and waits for its whole answer, at most its `timeout`.
-pub async fn forward(client: &HttpClient, target: &UpstreamTarget, delivery: &Delivery) -> Outcome {
+pub async fn forward(target: &UpstreamTarget, delivery: &Delivery) -> Outcome {
     let Ok(_permit) = Arc::clone(&target.in_flight).try_acquire_owned() else {
         return Outcome::Busy;
     };
@@ -279,7 +288,7 @@ pub async fn forward(client: &HttpClient, target: &UpstreamTarget, delivery: &De
 
     let started = Instant::now();
     let exchange = async {
-        let response = client.request(request).await.map_err(|error| {
+        let response = target.client.request(request).await.map_err(|error| {
             tracing::debug!(upstream = %target.name, error = %error, "upstream request failed");
         })?;
         let (parts, body) = response.into_parts();

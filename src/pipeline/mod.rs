@@ -48,7 +48,6 @@ pub struct Gateway {
     dedup_config: DedupConfig,
     inbound: Arc<rate_limit::InboundLimits>,
     rate_limit_config: RateLimitConfig,
-    clients: Clients,
     forwards: TaskTracker,
     metrics: Arc<Metrics>,
     /// Counts requests whose path names no source.
@@ -124,12 +123,14 @@ impl Gateway {
             };
             sources_by_path.insert(source.path.clone(), entry);
         }
+        let clients = Clients::from_config(&config.upstreams)?;
         let upstreams = config
             .upstreams
             .iter()
             .map(|upstream| {
                 let old = previous.and_then(|gateway| gateway.upstream(&upstream.name));
-                UpstreamTarget::carry_over(upstream.clone(), Arc::clone(&metrics), old)
+                let client = clients.for_upstream(upstream).clone();
+                UpstreamTarget::carry_over(upstream.clone(), client, Arc::clone(&metrics), old)
                     .map(Arc::new)
             })
             .collect::<anyhow::Result<_>>()?;
@@ -158,7 +159,6 @@ impl Gateway {
                 .map_or_else(|| config.dedup.clone(), |old| old.dedup_config.clone()),
             inbound,
             rate_limit_config: config.rate_limit.clone(),
-            clients: Clients::from_config(&config.upstreams)?,
             forwards: previous.map_or_else(TaskTracker::new, |old| old.forwards.clone()),
             unknown_source: metrics.source_counters(UNKNOWN_SOURCE),
             metrics,
@@ -381,7 +381,6 @@ impl Gateway {
         self.forwards.spawn(settle::settle(
             lease,
             self.dedup.shared().cloned(),
-            self.clients.for_upstream(&target.config).clone(),
             Arc::clone(target),
             Arc::clone(delivery),
         ));

@@ -12,20 +12,18 @@ use tokio::time::Instant;
 use super::dedup::redis::{Elsewhere, RedisStore, SharedClaim, CLAIM_MARGIN};
 use super::dedup::{DedupKey, Lease};
 use super::forward::{forward, Delivery, Outcome, UpstreamTarget};
-use crate::upstream::HttpClient;
 
 /// Settles `lease` and publishes the outcome. Runs in a task of its own: nothing the sender
 /// does (hanging up, `respond_within` passing) may cut it short.
 pub async fn settle(
     lease: Lease,
-    shared: Option<RedisStore>,
-    client: HttpClient,
+    shared: Option<Arc<RedisStore>>,
     target: Arc<UpstreamTarget>,
     delivery: Arc<Delivery>,
 ) {
     let outcome = match shared {
-        None => forward_within_limit(&client, &target, &delivery).await,
-        Some(store) => settle_shared(&store, lease.key(), &client, &target, &delivery).await,
+        None => forward_within_limit(&target, &delivery).await,
+        Some(store) => settle_shared(&store, lease.key(), &target, &delivery).await,
     };
     lease.complete(Arc::new(outcome));
 }
@@ -33,24 +31,19 @@ pub async fn settle(
 /// Forwards unless the upstream's `rate_limit` is spent. Checked here, once this request
 /// leads the key (and, with Redis, holds the claim): replays and waiters never spend from
 /// the upstream's limit, since they cost it nothing.
-async fn forward_within_limit(
-    client: &HttpClient,
-    target: &UpstreamTarget,
-    delivery: &Delivery,
-) -> Outcome {
+async fn forward_within_limit(target: &UpstreamTarget, delivery: &Delivery) -> Outcome {
     if let Some(limit) = &target.rate_limit {
         if let Err(retry_after) = limit.check() {
             tracing::debug!(upstream = %target.name, ?retry_after, "upstream rate limit spent");
             return Outcome::RateLimited { retry_after };
         }
     }
-    forward(client, target, delivery).await
+    forward(target, delivery).await
 }
 
 async fn settle_shared(
     store: &RedisStore,
     key: &DedupKey,
-    client: &HttpClient,
     target: &UpstreamTarget,
     delivery: &Delivery,
 ) -> Outcome {
@@ -73,7 +66,7 @@ async fn settle_shared(
         }
         Ok(SharedClaim::Claimed) => {
             // Over the limit, the claim is released unrecorded, like any failed forward.
-            let outcome = forward_within_limit(client, target, delivery).await;
+            let outcome = forward_within_limit(target, delivery).await;
             if let Err(error) = store
                 .complete(key, outcome.recordable().map(|r| &**r))
                 .await

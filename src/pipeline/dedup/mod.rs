@@ -55,7 +55,7 @@ pub type OutcomeRx = watch::Receiver<Option<Arc<Outcome>>>;
 pub struct Dedup {
     records: Cache<DedupKey, Arc<Record>>,
     in_flight: Mutex<HashMap<DedupKey, OutcomeRx>>,
-    shared: Option<RedisStore>,
+    shared: Option<Arc<RedisStore>>,
 }
 
 /// The result of [`Dedup::claim`].
@@ -76,7 +76,8 @@ impl Dedup {
     pub fn from_config(config: &DedupConfig) -> anyhow::Result<Self> {
         let mut dedup = Self::new(config.ttl, config.max_entries);
         if let DedupBackend::Redis { url, key_prefix } = &config.backend {
-            dedup.shared = Some(RedisStore::new(url.expose(), key_prefix, config.ttl)?);
+            let store = RedisStore::new(url.expose(), key_prefix, config.ttl)?;
+            dedup.shared = Some(Arc::new(store));
         }
         Ok(dedup)
     }
@@ -117,7 +118,7 @@ impl Dedup {
     }
 
     /// The Redis store, when records are shared across replicas.
-    pub fn shared(&self) -> Option<&RedisStore> {
+    pub fn shared(&self) -> Option<&Arc<RedisStore>> {
         self.shared.as_ref()
     }
 

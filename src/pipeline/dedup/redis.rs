@@ -77,8 +77,7 @@ pub enum Elsewhere {
     StillClaimed,
 }
 
-/// Records and claims in Redis.
-#[derive(Clone)]
+/// Records and claims in Redis; shared (`Arc`) by every forward of the process.
 pub struct RedisStore {
     connection: ConnectionManager,
     key_prefix: String,
