@@ -232,13 +232,6 @@ pub fn read_certified_key(
 
 // === impl TlsTerminator ===
 
-/// Where the serving certificate comes from.
-#[derive(Debug, Clone)]
-enum CertSource {
-    Files { cert: PathBuf, key: PathBuf },
-    SelfSigned,
-}
-
 /// The serving certificate. A handshake takes one `Arc` of it and keeps it, so a reload only
 /// changes what new connections get; open connections are untouched.
 #[derive(Debug)]
@@ -256,7 +249,8 @@ pub struct TlsTerminator {
     acceptor: TlsAcceptor,
     config: Arc<rustls::ServerConfig>,
     cert: Arc<CertSlot>,
-    source: CertSource,
+    /// Where the serving certificate comes from (re-read by [`TlsTerminator::reload`]).
+    source: TlsConfig,
     provider: Arc<CryptoProvider>,
     handshake_timeout: Duration,
 }
@@ -282,16 +276,9 @@ impl TlsTerminator {
     /// cannot be generated.
     pub fn from_config(tls: &TlsConfig, handshake_timeout: Duration) -> anyhow::Result<Self> {
         let provider = provider();
-        let (source, certified) = match tls {
-            TlsConfig::Files { cert, key } => {
-                let certified = read_certified_key(cert, key, &provider)?;
-                let source = CertSource::Files {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                };
-                (source, certified)
-            }
-            TlsConfig::SelfSigned => (CertSource::SelfSigned, self_signed(&provider)?),
+        let certified = match tls {
+            TlsConfig::Files { cert, key } => read_certified_key(cert, key, &provider)?,
+            TlsConfig::SelfSigned => self_signed(&provider)?,
         };
         let cert = Arc::new(CertSlot(ArcSwap::from_pointee(certified)));
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -305,7 +292,7 @@ impl TlsTerminator {
             acceptor: TlsAcceptor::from(Arc::clone(&config)),
             config,
             cert,
-            source,
+            source: tls.clone(),
             provider,
             handshake_timeout,
         })
@@ -334,16 +321,15 @@ impl TlsTerminator {
     /// # Errors
     /// If the new files cannot be used (the message names the file); the caller logs it.
     pub fn reload(&self) -> anyhow::Result<()> {
-        match &self.source {
-            CertSource::Files { cert, key } => {
-                let certified = read_certified_key(cert, key, &self.provider)
-                    .context("certificate reload rejected; the previous certificate is kept")?;
-                self.cert.0.store(Arc::new(certified));
-                tracing::info!(cert = %cert.display(), key = %key.display(), "certificates reloaded");
+        let prepared = self
+            .prepare(&self.source)
+            .context("certificate reload rejected; the previous certificate is kept")?;
+        match prepared {
+            Some(certified) => {
+                self.install(certified);
+                tracing::info!("certificates reloaded");
             }
-            CertSource::SelfSigned => {
-                tracing::info!("self-signed certificate: nothing to reload");
-            }
+            None => tracing::info!("self-signed certificate: nothing to reload"),
         }
         Ok(())
     }
