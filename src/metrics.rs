@@ -8,8 +8,6 @@
 //! The per-request counter is resolved once per (source, outcome) when a gateway is built, so
 //! counting a request is one atomic add with no label hashing or allocation.
 
-use std::sync::Arc;
-
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -315,9 +313,6 @@ impl Metrics {
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Shared handle.
-pub type SharedMetrics = Arc<Metrics>;
 
 #[cfg(test)]
 mod tests {

@@ -319,16 +319,14 @@ pub async fn forward(target: &UpstreamTarget, delivery: &Delivery) -> Outcome {
     target
         .metrics
         .upstream_attempt(&target.name, status, took.as_secs_f64());
-    log_attempt(target, &outcome, took);
+    log_attempt(target, status, took);
     outcome
 }
 
-fn log_attempt(target: &UpstreamTarget, outcome: &Outcome, took: Duration) {
-    let status = outcome.record().map_or(0, |record| record.status.as_u16());
+fn log_attempt(target: &UpstreamTarget, status: AttemptStatus, took: Duration) {
     tracing::debug!(
         upstream = %target.name,
-        status,
-        outcome = ?std::mem::discriminant(outcome),
+        status = ?status,
         took_ms = took.as_millis() as u64,
         "upstream attempt"
     );

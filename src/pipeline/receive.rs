@@ -58,17 +58,18 @@ pub fn check_announced_size<B: Body>(body: &B, limit: usize) -> Result<(), Gatew
     Ok(())
 }
 
-/// Reads the whole `body`, at most `limit` bytes, within `timeout`.
+/// Reads the whole `body`, at most `limit` bytes, within `timeout`. The pipeline has already
+/// refused an announced length over `limit` ([`check_announced_size`]); this enforces the
+/// limit on what actually arrives, which a chunked body never announces.
 ///
 /// # Errors
-/// 413 when the body is (or announces itself) larger than `limit`, 408 when it is too slow,
-/// 400 when the connection breaks mid-body.
+/// 413 when the body grows past `limit`, 408 when it is too slow, 400 when the connection
+/// breaks mid-body.
 pub async fn read_body<B>(body: B, limit: usize, timeout: Duration) -> Result<Bytes, GatewayError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    check_announced_size(&body, limit)?;
     let collect = Limited::new(body, limit).collect();
     match tokio::time::timeout(timeout, collect).await {
         Err(_elapsed) => Err(GatewayError::BodyTimeout),
@@ -138,6 +139,10 @@ mod tests {
     #[tokio::test]
     async fn an_announced_length_over_the_limit_is_413_before_reading() {
         let body = Full::new(Bytes::from_static(b"123456789"));
+        let error = check_announced_size(&body, 8).unwrap_err();
+        assert!(matches!(error, GatewayError::BodyTooLarge { limit: 8 }));
+        assert!(check_announced_size(&body, 9).is_ok());
+        // And read on its own, the body is still refused.
         let error = read_body(body, 8, Duration::from_secs(1))
             .await
             .unwrap_err();

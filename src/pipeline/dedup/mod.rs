@@ -122,11 +122,6 @@ impl Dedup {
         self.shared.as_ref()
     }
 
-    /// The recorded answer for `key`, if any.
-    pub fn record(&self, key: &DedupKey) -> Option<Arc<Record>> {
-        self.records.get(key)
-    }
-
     /// How many records are held. moka counts lazily, so this first runs its pending
     /// maintenance: call it at scrape time, not per request.
     pub fn record_count(&self) -> u64 {
