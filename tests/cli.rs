@@ -5,7 +5,6 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::json;
 use support::*;
@@ -272,16 +271,6 @@ async fn serve_round_trip_then_sigterm_exits_zero() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let deadline = std::time::Instant::now() + STEP;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "hookgate did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_for_exit(&mut child).await;
     assert_eq!(status.code(), Some(0));
 }

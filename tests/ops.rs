@@ -400,15 +400,7 @@ async fn sigterm_drains_and_relays_the_real_answer() {
         (answer.status, answer.text().as_str()),
         (200, r#"{"fulfilled":true}"#)
     );
-    let status = bounded("hookgate to exit", async {
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = wait_for_exit(&mut child).await;
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_dir_all(dir);
 }

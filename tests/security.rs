@@ -447,15 +447,7 @@ upstream = "app"
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = bounded("hookgate to exit", async {
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = wait_for_exit(&mut child).await;
     assert!(status.success());
     let mut logs = reader.join().unwrap();
     stderr.read_to_string(&mut logs).unwrap();

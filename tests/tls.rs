@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use hookgate::config::TlsConfig;
@@ -734,15 +733,7 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
     assert_eq!(still.peer_cert, new_cert.der);
 
     signal(&child, "TERM");
-    let status = bounded("hookgate to exit after SIGTERM", async {
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = wait_for_exit(&mut child).await;
     assert_eq!(status.code(), Some(0));
 }
 

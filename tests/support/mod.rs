@@ -115,6 +115,11 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     /// Starts an upstream that answers every request with `fallback`.
     pub async fn start(fallback: Reply) -> Self {
+        Self::start_with(fallback, None).await
+    }
+
+    /// Plain, or over TLS with `tls`; failed handshakes are dropped, like a real server's.
+    async fn start_with(fallback: Reply, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -129,11 +134,19 @@ impl FakeUpstream {
                     _ = &mut stop_rx => break,
                 };
                 let state = Arc::clone(&server_state);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| answer(Arc::clone(&state), request));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -347,6 +360,19 @@ event_type = "*"
 upstream = "app"
 "#
     )
+}
+
+/// Waits (bounded by [`STEP`]) for a spawned `hookgate` process to exit, and returns how.
+pub async fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    bounded("hookgate to exit", async {
+        loop {
+            if let Some(status) = child.try_wait().expect("poll the child") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
 }
 
 // === Client ===
@@ -956,38 +982,7 @@ impl FakeUpstream {
     /// Like [`FakeUpstream::start`], over TLS with `tls` (see [`upstream_tls_config`]).
     /// Failed handshakes are simply dropped, like a real server's.
     pub async fn start_tls(fallback: Reply, tls: Arc<rustls::ServerConfig>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let addr = listener.local_addr().expect("upstream addr");
-        let state = UpstreamState::new(fallback);
-        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-        let server_state = Arc::clone(&state);
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
-                    _ = &mut stop_rx => break,
-                };
-                let state = Arc::clone(&server_state);
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(stream) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let service = service_fn(move |request| answer(Arc::clone(&state), request));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self {
-            addr,
-            state,
-            _stop: Arc::new(stop_tx),
-        }
+        Self::start_with(fallback, Some(tokio_rustls::TlsAcceptor::from(tls))).await
     }
 
     /// `https://127.0.0.1:PORT/path`.
