@@ -237,6 +237,9 @@ async fn reload_switches_new_requests_while_the_old_one_finishes() {
     old.hold();
     let slow = sender.spawn_post(ops.gateway_url.clone(), event(json!(2), "lead_signup"));
     old.wait_for_count(2).await;
+    // The held forward shows in the in-flight gauge (and leaves it once answered, below).
+    let in_flight = "hookgate_in_flight{upstream=\"app\"}";
+    assert_eq!(ops.metric(in_flight).await, 1.0);
 
     ops.rewrite(&config(&new.url("/hook"), ""));
     ops.reloader.reload().expect("valid reload");
@@ -251,6 +254,7 @@ async fn reload_switches_new_requests_while_the_old_one_finishes() {
         (slow.status, slow.text().as_str()),
         (200, r#"{"from":"old"}"#)
     );
+    assert_eq!(ops.metric(in_flight).await, 0.0);
     // Dedup records survive the reload: event 1 is replayed, not sent to the new upstream.
     let replay = sender
         .post(&ops.gateway_url, event(json!(1), "lead_signup"))

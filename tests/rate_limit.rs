@@ -201,6 +201,15 @@ trusted_proxies = ["127.0.0.1/32"]"#,
         c.text()
     );
     assert_eq!(upstream.count(), 2);
+    // Each refusal is counted once, under the limit that refused it.
+    let metrics = gateway.gateway.metrics().encode();
+    for line in [
+        r#"hookgate_rate_limited_total{scope="client"} 1"#,
+        r#"hookgate_rate_limited_total{scope="global"} 1"#,
+        r#"hookgate_requests_total{source="firstpromoter",outcome="rate_limited"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
     // What the upstream is told is unchanged: the sender's list plus the TCP peer.
     assert_eq!(
         upstream.seen()[1].headers["x-forwarded-for"],

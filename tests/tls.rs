@@ -178,6 +178,11 @@ async fn plain_http_to_the_tls_port_fails_cleanly_and_tls_keeps_working() {
         String::from_utf8_lossy(&received)
     );
     assert_eq!(upstream.count(), 0, "nothing was forwarded");
+    let metrics = gateway.gateway.metrics().encode();
+    assert!(
+        metrics.contains("hookgate_tls_handshake_failures_total 1"),
+        "{metrics}"
+    );
 
     let mut conn = TlsConn::connect(gateway.addr, client(&ca, &[b"http/1.1"])).await;
     assert_eq!(
