@@ -16,7 +16,7 @@ use hookgate::metrics::Metrics;
 use hookgate::pipeline::Gateway;
 use hookgate::server::reload::Reloader;
 use hookgate::server::tls::TlsTerminator;
-use hookgate::server::{serve_with_tls, signal};
+use hookgate::server::{signal, workers};
 use hookgate::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -67,8 +67,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// The control runtime: the demo, or (for `serve`) signals, reloads, the admin endpoints and
+/// background sweeps. Serving runs on worker threads of its own (`server::workers`).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -78,7 +80,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         // Before binding: a certificate that cannot be used must not even briefly take the port.
         let tls = TlsTerminator::for_server(&config.server)?;
-        let listener = bind(config.server.listen).await?;
+        let listen = config.server.listen;
+        let listeners = workers::bind(listen, config.server.workers)
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let admin_listener = match &config.admin {
             Some(admin) => Some(bind(admin.listen).await?),
             None => None,
@@ -103,7 +107,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
             tokio::spawn(serve_admin(listener, Arc::clone(&admin), stop))
         });
         tracing::info!(
-            listen = %listener.local_addr().context("cannot read the bound address")?,
+            listen = %listeners
+                .first()
+                .and_then(|listener| listener.local_addr().ok())
+                .unwrap_or(listen),
+            workers = listeners.len(),
             admin = %admin_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
             config = %config.path.display(),
             "hookgate listening"
@@ -115,7 +123,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
             shutdown.await;
             draining.start_draining();
         };
-        let served = serve_with_tls(listener, gateway, &config.server, tls, shutdown).await;
+        let served =
+            workers::serve_workers(listeners, gateway, &config.server, tls, shutdown).await;
         let _ = admin_stop_tx.send(());
         if let Some(task) = admin_task {
             let _ = task.await;

@@ -4,7 +4,12 @@
 //! A pool is bound to one TLS config, so there is one shared client for every upstream with
 //! default TLS, and a dedicated one for each upstream that sets `ca` (a private CA, trusted in
 //! addition to the webpki roots) or `client_cert` + `client_key` (mTLS). [`Clients`] picks.
+//!
+//! Each of those is really one client per worker thread ([`WorkerClients`]): a pooled
+//! connection is driven by a task on the runtime that opened it, so a pool shared by every
+//! worker would have a forward on one thread wake the other for each upstream answer.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper_rustls::builderstates::WantsSchemes;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -32,52 +38,84 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pooled client type; clones share the pool.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Builds the default client (webpki roots, no client certificate) once at startup.
-///
-/// # Errors
-/// If the TLS provider offers no usable protocol versions (a build problem, not input).
-pub fn build_client() -> anyhow::Result<HttpClient> {
-    let https = HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(tls::provider())?
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http_connector());
-    Ok(pooled(https))
+thread_local! {
+    static WORKER_INDEX: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The client of every configured upstream, built once at startup.
+/// Marks the calling thread as worker `index`: from now on [`WorkerClients::current`] gives
+/// it that worker's clients. Threads that never call this (the control thread, tests) are
+/// worker 0.
+pub fn set_worker_index(index: usize) {
+    WORKER_INDEX.with(|worker| worker.set(index));
+}
+
+/// One pooled client per worker thread, all with the same TLS settings; clones share them.
+#[derive(Clone)]
+pub struct WorkerClients(Arc<[HttpClient]>);
+
+impl WorkerClients {
+    fn new(connector: &HttpsConnector<HttpConnector>, workers: usize) -> Self {
+        Self(
+            (0..workers.max(1))
+                .map(|_| pooled(connector.clone()))
+                .collect(),
+        )
+    }
+
+    /// The calling worker's client (see [`set_worker_index`]).
+    pub fn current(&self) -> &HttpClient {
+        let index = WORKER_INDEX.with(Cell::get);
+        &self.0[index % self.0.len()]
+    }
+}
+
+impl std::fmt::Debug for WorkerClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorkerClients({} pools)", self.0.len())
+    }
+}
+
+/// The clients of every configured upstream, built once at startup.
 #[derive(Clone)]
 pub struct Clients {
-    default: HttpClient,
+    default: WorkerClients,
     /// By upstream name; only upstreams with TLS settings of their own.
-    dedicated: HashMap<String, HttpClient>,
+    dedicated: HashMap<String, WorkerClients>,
 }
 
 impl Clients {
-    /// The default client plus one per upstream that sets `ca` or `client_cert`.
+    /// The default clients plus those of each upstream that sets `ca` or `client_cert`,
+    /// each with one pool per worker thread.
     ///
     /// # Errors
     /// If an upstream's TLS files cannot be used (they were checked when the config was
-    /// loaded, so only if they changed since), naming the upstream and the file.
-    pub fn from_config(upstreams: &[Upstream]) -> anyhow::Result<Self> {
+    /// loaded, so only if they changed since), naming the upstream and the file; or if the TLS
+    /// provider offers no usable protocol versions (a build problem, not input).
+    pub fn from_config(upstreams: &[Upstream], workers: usize) -> anyhow::Result<Self> {
         let mut dedicated = HashMap::new();
         for upstream in upstreams {
             if let Some(config) =
                 tls_config(upstream).with_context(|| format!("upstream {:?}", upstream.name))?
             {
-                dedicated.insert(upstream.name.clone(), client_with(config));
+                let connector = connector(HttpsConnectorBuilder::new().with_tls_config(config));
+                dedicated.insert(
+                    upstream.name.clone(),
+                    WorkerClients::new(&connector, workers),
+                );
             }
         }
+        let default = connector(
+            HttpsConnectorBuilder::new().with_provider_and_webpki_roots(tls::provider())?,
+        );
         Ok(Self {
-            default: build_client()?,
+            default: WorkerClients::new(&default, workers),
             dedicated,
         })
     }
 
-    /// The client to forward to `upstream` with (one of those [`Clients::from_config`] was
-    /// given); cloning it is cheap and shares its pool.
-    pub fn for_upstream(&self, upstream: &Upstream) -> &HttpClient {
+    /// The clients to forward to `upstream` with (one of those [`Clients::from_config`] was
+    /// given); cloning them is cheap and shares their pools.
+    pub fn for_upstream(&self, upstream: &Upstream) -> &WorkerClients {
         self.dedicated.get(&upstream.name).unwrap_or(&self.default)
     }
 }
@@ -110,14 +148,12 @@ fn tls_config(upstream: &Upstream) -> anyhow::Result<Option<ClientConfig>> {
     Ok(Some(config))
 }
 
-fn client_with(config: ClientConfig) -> HttpClient {
-    let https = HttpsConnectorBuilder::new()
-        .with_tls_config(config)
+fn connector(builder: HttpsConnectorBuilder<WantsSchemes>) -> HttpsConnector<HttpConnector> {
+    builder
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http_connector());
-    pooled(https)
+        .wrap_connector(http_connector())
 }
 
 fn http_connector() -> HttpConnector {

@@ -237,13 +237,31 @@ async fn serve_round_trip_then_sigterm_exits_zero() {
     let scratch = Scratch::new("serve");
     let config = VALID.replace("http://127.0.0.1:9/hook", &upstream.url("/hook"));
     let path = scratch.write("c.toml", &config);
+    let (mut child, addr) = serve_binary(&path);
+
+    let answer = Sender::http1()
+        .post(&format!("http://{addr}/fp"), event(json!(1), "lead_signup"))
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(upstream.count(), 1);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = wait_for_exit(&mut child).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Starts `hookgate --config path` and waits (bounded) for the address it logs as bound.
+fn serve_binary(path: &Path) -> (std::process::Child, String) {
     let mut child = Command::new(BIN)
         .args(["--config", path.to_str().unwrap(), "--log-format", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-
     // The first log line with a listen address tells where it bound port 0.
     let stdout = child.stdout.take().unwrap();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -259,18 +277,84 @@ async fn serve_round_trip_then_sigterm_exits_zero() {
     let addr = addr_rx
         .recv_timeout(STEP)
         .expect("hookgate logged its listen address");
+    (child, addr)
+}
 
-    let answer = Sender::http1()
-        .post(&format!("http://{addr}/fp"), event(json!(1), "lead_signup"))
-        .await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(upstream.count(), 1);
+/// `[server] workers = 3`: three worker threads, three listening sockets on the one port
+/// (SO_REUSEPORT), and every connection served whichever worker the kernel gave it to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_the_configured_workers() {
+    let upstream = FakeUpstream::start(Reply::json(200, r#"{"fulfilled":true}"#)).await;
+    let scratch = Scratch::new("workers");
+    let config = VALID
+        .replace("http://127.0.0.1:9/hook", &upstream.url("/hook"))
+        .replace("[server]\n", "[server]\nworkers = 3\n");
+    let path = scratch.write("c.toml", &config);
+    let (child, addr) = serve_binary(&path);
+    let mut child = KillOnDrop(child);
+    let addr: std::net::SocketAddr = addr.parse().expect("a socket address");
+
+    // The listeners are bound before the address is logged; the threads start right after.
+    let pid = child.0.id();
+    eventually("three worker threads", || worker_threads(pid).len() == 3).await;
+    assert_eq!(
+        worker_threads(pid),
+        ["hookgate-w0", "hookgate-w1", "hookgate-w2"]
+    );
+    assert_eq!(listening_sockets(addr.port()), 3, "one listener per worker");
+
+    // Twelve connections of their own: the kernel spreads them over the three listeners.
+    const CONNECTIONS: usize = 12;
+    for n in 0..CONNECTIONS {
+        let mut conn = RawConn::connect(addr).await;
+        conn.write(&raw_post("/fp", &event(json!(n), "lead_signup"), ""))
+            .await
+            .expect("write a request");
+        let answer = conn.read_response().await;
+        assert_eq!(answer.status, 200, "connection {n}: {:?}", answer.body);
+    }
+    assert_eq!(upstream.count(), CONNECTIONS);
 
     let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = wait_for_exit(&mut child).await;
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(wait_for_exit(&mut child.0).await.code(), Some(0));
+}
+
+/// Kills the child if the test fails before it has stopped it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The names of `pid`'s worker threads, sorted.
+fn worker_threads(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| name.starts_with("hookgate-w"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Listening TCP sockets on 127.0.0.1:`port`, from /proc/net/tcp (state 0A = LISTEN).
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
+        })
+        .count()
 }

@@ -80,30 +80,41 @@ async fn rapid_reset_ends_in_goaway_while_others_are_served() {
         .await
         .expect("h2 connection task panicked");
 
-    let go_away = [send_error.as_ref(), connection_result.as_ref().err()]
+    let errors = [send_error.as_ref(), connection_result.as_ref().err()];
+    let go_away = errors
         .into_iter()
         .flatten()
         .find(|error| error.is_go_away() && error.is_remote());
-    let Some(go_away) = go_away else {
-        panic!(
-            "no GOAWAY from the gateway after {resets} rapid resets \
+    match go_away {
+        Some(go_away) => assert_eq!(
+            go_away.reason(),
+            Some(h2::Reason::ENHANCE_YOUR_CALM),
+            "the GOAWAY after {resets} rapid resets names the wrong reason: {go_away:?}"
+        ),
+        // The gateway sends GOAWAY and closes; frames the flood had in flight then make the
+        // gateway's kernel answer with a TCP reset, which discards the GOAWAY still unread in
+        // this side's receive buffer. That is the gateway cutting the flood off too.
+        None => assert!(
+            errors
+                .into_iter()
+                .flatten()
+                .any(|error| error.get_io().is_some_and(|io| matches!(
+                    io.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ))),
+            "neither a GOAWAY nor a reset from the gateway after {resets} rapid resets \
              (send side: {send_error:?}; connection: {connection_result:?})"
-        );
-    };
-    assert_eq!(
-        go_away.reason(),
-        Some(h2::Reason::ENHANCE_YOUR_CALM),
-        "the GOAWAY after {resets} rapid resets names the wrong reason: {go_away:?}"
-    );
+        ),
+    }
     assert!(
         resets <= RESET_LIMIT,
-        "the GOAWAY came only after {resets} rapid resets (limit {RESET_LIMIT})"
+        "the gateway cut the flood off only after {resets} rapid resets (limit {RESET_LIMIT})"
     );
     assert!(
         connection_result.is_err(),
         "the flooding connection ended cleanly after {resets} rapid resets"
     );
-    eprintln!("rapid reset: GOAWAY {go_away} after {resets} streams opened and reset");
+    eprintln!("rapid reset: cut off after {resets} streams opened and reset ({go_away:?})");
 
     let during = bounded("the in-flight sender's answer", during)
         .await

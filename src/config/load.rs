@@ -363,6 +363,8 @@ upstream = "billing"
         assert_eq!(server.body_timeout, Duration::from_secs(10));
         assert_eq!(server.idle_timeout, Duration::from_secs(60));
         assert_eq!(server.max_connections, 10_000);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(server.workers, cores, "workers defaults to one per core");
         assert!(server.tls.is_none());
         assert!(config.admin.is_none());
 

@@ -69,6 +69,8 @@ pub mod limits {
     pub const MAX_REQUEST_DURATION: Duration = Duration::from_secs(3600);
     /// Largest `[server] idle_timeout`.
     pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+    /// Largest `[server] workers`.
+    pub const MAX_WORKERS: u64 = 256;
     /// Largest `[dedup] ttl`.
     pub const MAX_DEDUP_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 }
@@ -115,6 +117,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// At most this many client connections are open at once.
     pub max_connections: usize,
+    /// Threads serving connections, each with its own listener socket (`SO_REUSEPORT`),
+    /// event loop and upstream connection pool; `workers = 0` (the default) is one per core.
+    pub workers: usize,
     /// `[server.tls]`; `None` serves plain HTTP.
     pub tls: Option<TlsConfig>,
 }

@@ -46,6 +46,7 @@ pub(crate) struct RawServer {
     pub body_timeout: Option<RawDuration>,
     pub idle_timeout: Option<RawDuration>,
     pub max_connections: Option<u64>,
+    pub workers: Option<u64>,
     pub tls: Option<RawTls>,
 }
 

@@ -19,7 +19,7 @@ use super::rate_limit::UpstreamLimit;
 use super::sign::{Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 use crate::config::{Secret, Upstream};
 use crate::metrics::{AttemptStatus, Metrics};
-use crate::upstream::HttpClient;
+use crate::upstream::WorkerClients;
 
 /// Largest upstream answer kept; it is held in memory and in the dedup record.
 pub const MAX_UPSTREAM_BODY_BYTES: usize = 1024 * 1024;
@@ -112,9 +112,9 @@ pub struct UpstreamTarget {
     pub signer: Option<Signer>,
     /// Where attempts are counted.
     pub metrics: Arc<Metrics>,
-    /// The pooled client for this upstream (the shared one, or its own for `ca` /
+    /// The pooled clients for this upstream (the shared ones, or its own for `ca` /
     /// `client_cert`), resolved once rather than looked up per forward.
-    pub client: HttpClient,
+    pub client: WorkerClients,
 }
 
 impl UpstreamTarget {
@@ -124,7 +124,7 @@ impl UpstreamTarget {
     /// If a `sign` secret does not decode (config validation refuses those first).
     pub fn new(
         config: Upstream,
-        client: HttpClient,
+        client: WorkerClients,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         Self::carry_over(config, client, metrics, None)
@@ -138,7 +138,7 @@ impl UpstreamTarget {
     /// As [`UpstreamTarget::new`].
     pub fn carry_over(
         config: Upstream,
-        client: HttpClient,
+        client: WorkerClients,
         metrics: Arc<Metrics>,
         previous: Option<&UpstreamTarget>,
     ) -> anyhow::Result<Self> {
@@ -287,24 +287,25 @@ pub async fn forward(target: &UpstreamTarget, delivery: &Delivery) -> Outcome {
     }
 
     let started = Instant::now();
-    let exchange = async {
-        let response = target.client.request(request).await.map_err(|error| {
+    let exchange =
+        async {
+            let response = target.client.current().request(request).await.map_err(|error| {
             tracing::debug!(upstream = %target.name, error = %error, "upstream request failed");
         })?;
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, MAX_UPSTREAM_BODY_BYTES)
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_UPSTREAM_BODY_BYTES)
             .collect()
             .await
             .map_err(|error| {
                 tracing::debug!(upstream = %target.name, error = %error, "upstream body failed");
             })?
             .to_bytes();
-        Ok::<_, ()>(Record {
-            status: parts.status,
-            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
-            body,
-        })
-    };
+            Ok::<_, ()>(Record {
+                status: parts.status,
+                content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+                body,
+            })
+        };
     let outcome = match tokio::time::timeout(upstream.timeout, exchange).await {
         Ok(Ok(record)) => Outcome::Answered(Arc::new(record)),
         Ok(Err(())) => Outcome::Unreachable,

@@ -123,7 +123,7 @@ impl Gateway {
             };
             sources_by_path.insert(source.path.clone(), entry);
         }
-        let clients = Clients::from_config(&config.upstreams)?;
+        let clients = Clients::from_config(&config.upstreams, config.server.workers)?;
         let upstreams = config
             .upstreams
             .iter()

@@ -6,6 +6,7 @@ pub mod idle;
 pub mod reload;
 pub mod signal;
 pub mod tls;
+pub mod workers;
 
 use std::convert::Infallible;
 
@@ -84,17 +85,25 @@ pub async fn serve_with_tls(
     tls: Option<Arc<TlsTerminator>>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let connection_slots = Arc::new(Semaphore::new(server.max_connections));
+    accept_and_drain(listener, gateway, server, tls, connection_slots, shutdown).await
+}
+
+/// The accept loop of one listener, then its drain. `connection_slots` may be shared by
+/// several listeners, so that `max_connections` bounds them together.
+async fn accept_and_drain(
+    listener: TcpListener,
+    gateway: Arc<ArcSwap<Gateway>>,
+    server: &ServerConfig,
+    tls: Option<Arc<TlsTerminator>>,
+    connection_slots: Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let builder = Arc::new(connection_builder());
     let graceful = GracefulShutdown::new();
-    let connection_slots = Arc::new(Semaphore::new(server.max_connections));
     tokio::pin!(shutdown);
 
     loop {
-        // Past max_connections, stop accepting: new clients wait in the kernel's backlog.
-        let slot = tokio::select! {
-            slot = Arc::clone(&connection_slots).acquire_owned() => slot?,
-            () = &mut shutdown => break,
-        };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -104,6 +113,14 @@ pub async fn serve_with_tls(
                     continue;
                 }
             },
+            () = &mut shutdown => break,
+        };
+        // Past max_connections, this one connection waits here unserved and accepting stops,
+        // so further clients wait in the kernel's backlog. Accepting first matters when the
+        // slots are shared by several workers' listeners: a freed slot goes to a worker that
+        // has a client to serve, not to one that would hold it while its own queue is empty.
+        let slot = tokio::select! {
+            slot = Arc::clone(&connection_slots).acquire_owned() => slot?,
             () = &mut shutdown => break,
         };
         configure_stream(&stream);
@@ -140,7 +157,7 @@ pub async fn serve_with_tls(
     }
 
     drop(listener);
-    tracing::info!("shutting down: listener closed, draining in-flight requests");
+    tracing::debug!("listener closed, draining in-flight requests");
     // Every gateway of this process shares one forward tracker (reloads carry it over).
     let forwards = gateway.load().forwards().clone();
     forwards.close();

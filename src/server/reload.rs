@@ -90,6 +90,7 @@ fn warn_about_restart_only_changes(old: &Config, new: &Config) {
             "server.max_connections",
             a.max_connections != b.max_connections,
         ),
+        ("server.workers", a.workers != b.workers),
         (
             "server.header_timeout",
             a.header_timeout != b.header_timeout,

@@ -316,19 +316,32 @@ pub async fn spawn_gateway(toml: &str) -> TestGateway {
 
 /// Serves an already loaded config on 127.0.0.1:0.
 pub async fn spawn_config(config: hookgate::Config) -> TestGateway {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind gateway");
-    let addr = listener.local_addr().expect("gateway addr");
+    // As the binary serves: `server.workers` threads (one per core unless the config says),
+    // each with its own listener on the one port.
+    let listeners = hookgate::server::workers::bind(
+        "127.0.0.1:0".parse().expect("an address"),
+        config.server.workers,
+    )
+    .expect("bind gateway");
+    let addr = listeners[0].local_addr().expect("gateway addr");
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let gateway = Arc::new(hookgate::pipeline::Gateway::from_config(&config).expect("gateway"));
+    let tls =
+        hookgate::server::tls::TlsTerminator::for_server(&config.server).expect("the TLS cert");
     let task = tokio::spawn({
-        let gateway = Arc::clone(&gateway);
+        let gateway = Arc::new(arc_swap::ArcSwap::new(Arc::clone(&gateway)));
         async move {
             let shutdown = async {
                 let _ = shutdown_rx.await;
             };
-            hookgate::server::serve(listener, gateway, &config.server, shutdown).await
+            hookgate::server::workers::serve_workers(
+                listeners,
+                gateway,
+                &config.server,
+                tls,
+                shutdown,
+            )
+            .await
         }
     });
     TestGateway {

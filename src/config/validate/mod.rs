@@ -334,6 +334,30 @@ mod tests {
     }
 
     #[test]
+    fn workers_are_bounded() {
+        let config_with = |workers: &str| {
+            edit(
+                "listen = \"127.0.0.1:8080\"",
+                &format!("listen = \"127.0.0.1:8080\"\nworkers = {workers}"),
+            )
+        };
+        let p = only_problem(&config_with("257"), "server.workers");
+        assert!(
+            p.reason.contains("between 0 (one per core) and 256"),
+            "{p:?}"
+        );
+        assert_eq!(
+            load(&config_with("256")).expect("256 loads").server.workers,
+            256
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            load(&config_with("0")).expect("0 loads").server.workers,
+            cores
+        );
+    }
+
+    #[test]
     fn missing_env_var_names_the_variable() {
         // Read from the real environment, where this name is surely unset.
         let text = edit(

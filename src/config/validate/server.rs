@@ -46,6 +46,16 @@ impl Validator<'_> {
         if max_connections == 0 {
             self.problem(&key.key("max_connections"), "must be at least 1");
         }
+        let workers = raw.workers.unwrap_or(0);
+        if workers > limits::MAX_WORKERS {
+            self.problem(
+                &key.key("workers"),
+                format!(
+                    "must be between 0 (one per core) and {}, not {workers}",
+                    limits::MAX_WORKERS
+                ),
+            );
+        }
         ServerConfig {
             listen,
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
@@ -81,6 +91,10 @@ impl Validator<'_> {
                 limits::MAX_IDLE_TIMEOUT,
             ),
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            workers: match usize::try_from(workers) {
+                Ok(0) | Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                Ok(workers) => workers,
+            },
             tls: raw.tls.and_then(|tls| self.tls(&key.key("tls"), tls)),
         }
     }
