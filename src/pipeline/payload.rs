@@ -5,6 +5,10 @@
 //! rest of the parse stage (allocations for every object and string, then freeing them). The
 //! whole body is still checked once, as JSON, up front; a lookup then walks the borrowed text
 //! along its pointer and materialises just the value at the end.
+//!
+//! The check also notes where each top-level member is. Every lookup would otherwise scan the
+//! whole body just to pass the root (to the end: the last of duplicate keys wins), and the id
+//! and type both live one level down, in the small `event` object.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -14,19 +18,38 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// A validated JSON document, borrowed from the request body.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Payload<'a> {
-    root: &'a RawValue,
+    /// The whole document's text.
+    root: &'a str,
+    /// The root object's members in document order; `None` if the root is not an object.
+    members: Option<Vec<(Key<'a>, &'a RawValue)>>,
 }
 
 impl<'a> Payload<'a> {
-    /// Checks that `body` is one JSON document (nothing is built).
+    /// Checks that `body` is one JSON document, in one pass that builds nothing but the
+    /// list of where the root's members are.
     ///
     /// # Errors
     /// The JSON syntax error, with its position.
     pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
+        let is_object = body.trim_ascii_start().first() == Some(&b'{');
+        if !is_object {
+            let root: &'a RawValue = serde_json::from_slice(body)?;
+            return Ok(Self {
+                root: root.get(),
+                members: None,
+            });
+        }
+        let Members(members) = serde_json::from_slice(body)?;
+        // Valid JSON is valid UTF-8 (strings were checked; the rest is ASCII), so this
+        // cannot fail; the error is only there to avoid a panic path.
+        let root = std::str::from_utf8(body)
+            .map_err(serde::de::Error::custom)?
+            .trim_ascii();
         Ok(Self {
-            root: serde_json::from_slice(body)?,
+            root,
+            members: Some(members),
         })
     }
 
@@ -34,11 +57,45 @@ impl<'a> Payload<'a> {
     pub fn get(&self, pointer: &str) -> Option<Value> {
         let mut current = self.root;
         if !pointer.is_empty() {
-            for token in pointer.strip_prefix('/')?.split('/') {
+            let mut tokens = pointer.strip_prefix('/')?.split('/');
+            let first = unescape(tokens.next()?);
+            current = match &self.members {
+                // Like `serde_json::Value`, the last of duplicate keys wins.
+                Some(members) => members
+                    .iter()
+                    .rev()
+                    .find(|(key, _)| key.0 == first)
+                    .map(|(_, value)| value.get())?,
+                None => child(current, &first)?,
+            };
+            for token in tokens {
                 current = child(current, &unescape(token))?;
             }
         }
-        serde_json::from_str(current.get()).ok()
+        serde_json::from_str(current).ok()
+    }
+}
+
+/// The members of a JSON object, each as the raw text of its value.
+struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    members.push((key, map.next_value()?));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
     }
 }
 
@@ -50,9 +107,8 @@ fn unescape(token: &str) -> Cow<'_, str> {
     }
 }
 
-/// The member `token` of an object, or the element `token` of an array.
-fn child<'a>(raw: &'a RawValue, token: &str) -> Option<&'a RawValue> {
-    let text = raw.get();
+/// The member `token` of an object, or the element `token` of an array, as raw text.
+fn child<'a>(text: &'a str, token: &str) -> Option<&'a str> {
     let mut json = serde_json::Deserializer::from_str(text);
     match text.trim_start().as_bytes().first()? {
         b'{' => Member(token).deserialize(&mut json).ok().flatten(),
@@ -62,6 +118,7 @@ fn child<'a>(raw: &'a RawValue, token: &str) -> Option<&'a RawValue> {
         }
         _ => None,
     }
+    .map(RawValue::get)
 }
 
 /// Finds one member of an object, skipping the others without building them. Like
@@ -131,6 +188,7 @@ impl<'de> Visitor<'de> for Element {
 }
 
 /// An object key, borrowed from the body unless it contains escapes.
+#[derive(Debug, Clone)]
 struct Key<'de>(Cow<'de, str>);
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
@@ -159,7 +217,8 @@ mod tests {
 
     const BODY: &str = r#" {"event": {"id": 5367, "type": "fulfilment_pending"},
         "data": {"campaign": {"id": 41001}, "list": [10, {"x": "y"}, 30],
-                 "a/b": {"m~n": true}, "esc\u0061ped": "yes", "dup": 1, "dup": 2}} "#;
+                 "a/b": {"m~n": true}, "esc\u0061ped": "yes", "dup": 1, "dup": 2},
+        "top": 1, "t\u006fp": 2, "~/": {"k": "v"}} "#;
 
     #[test]
     fn looks_up_values_like_value_pointer_does() {
@@ -175,6 +234,8 @@ mod tests {
             "/data/a~1b/m~0n",
             "/data/escaped",
             "/data/dup",
+            "/top",
+            "/~0~1/k",
             "/event",
             "",
             "/missing",
@@ -193,6 +254,17 @@ mod tests {
     }
 
     #[test]
+    fn a_root_that_is_not_an_object_is_walked_too() {
+        let payload = Payload::parse(br#" [1, {"a": "b"}] "#).unwrap();
+        assert_eq!(payload.get("/1/a"), Some(json!("b")));
+        assert_eq!(payload.get(""), Some(json!([1, {"a": "b"}])));
+        assert_eq!(payload.get("/event/id"), None);
+        let scalar = Payload::parse(b"5367").unwrap();
+        assert_eq!(scalar.get(""), Some(json!(5367)));
+        assert_eq!(scalar.get("/0"), None);
+    }
+
+    #[test]
     fn only_a_whole_valid_document_is_accepted() {
         for bad in [&b"{\"a\": 1"[..], b"{\"a\": 1} x", b"", b"\xff", b"[1,]"] {
             assert!(
@@ -207,5 +279,7 @@ mod tests {
     fn deep_nesting_is_refused_without_exhausting_the_stack() {
         let deep = "[".repeat(100_000);
         assert!(Payload::parse(deep.as_bytes()).is_err());
+        let deep_in_an_object = format!("{{\"a\": {deep}");
+        assert!(Payload::parse(deep_in_an_object.as_bytes()).is_err());
     }
 }

@@ -20,22 +20,52 @@ impl Router {
 
     /// The first route matching the event, if any.
     pub fn find(&self, source: &str, event_type: &str, payload: &Payload<'_>) -> Option<&Route> {
+        let mut fields = Fields {
+            payload,
+            read: Vec::new(),
+        };
         self.routes
             .iter()
-            .find(|route| route_matches(route, source, event_type, payload))
+            .find(|route| route_matches(route, source, event_type, &mut fields))
     }
 }
 
-fn route_matches(route: &Route, source: &str, event_type: &str, payload: &Payload<'_>) -> bool {
+/// The payload's values at the pointers routes test, each read at most once per event: a
+/// lookup scans the JSON text, and the usual FirstPromoter table has one route per campaign,
+/// all testing `/data/campaign/id`.
+struct Fields<'p, 'a> {
+    payload: &'p Payload<'a>,
+    read: Vec<(&'p str, Option<Value>)>,
+}
+
+impl<'p> Fields<'p, '_> {
+    fn get(&mut self, pointer: &'p str) -> Option<&Value> {
+        let at = match self.read.iter().position(|(read, _)| *read == pointer) {
+            Some(at) => at,
+            None => {
+                self.read.push((pointer, self.payload.get(pointer)));
+                self.read.len() - 1
+            }
+        };
+        self.read[at].1.as_ref()
+    }
+}
+
+fn route_matches<'p>(
+    route: &'p Route,
+    source: &str,
+    event_type: &str,
+    fields: &mut Fields<'p, '_>,
+) -> bool {
     route.source.as_deref().is_none_or(|name| name == source)
         && route
             .event_types
             .iter()
             .any(|pattern| type_matches(pattern, event_type))
         && route.matches.iter().all(|(pointer, expected)| {
-            payload
+            fields
                 .get(pointer)
-                .is_some_and(|actual| value_matches(expected, &actual))
+                .is_some_and(|actual| value_matches(expected, actual))
         })
 }
 
@@ -157,5 +187,40 @@ mod tests {
         let empty = Payload::parse(b"{}").unwrap();
         assert!(router.find("fp", "x", &empty).is_some());
         assert!(router.find("other", "x", &empty).is_none());
+    }
+
+    /// One route per campaign, as the README suggests for FirstPromoter, plus a route testing
+    /// two pointers: each pointer's value is read once per event and reused, never mixed up.
+    #[test]
+    fn many_routes_on_the_same_pointers() {
+        let pending = || vec![TypePattern::Exact("fulfilment_pending".into())];
+        let router = Router::new(vec![
+            route(pending(), vec![("/data/campaign/id", json!(1))], 0),
+            route(pending(), vec![("/data/campaign/id", json!(2))], 1),
+            route(
+                pending(),
+                vec![
+                    ("/data/campaign/id", json!(3)),
+                    ("/data/plan", json!("pro")),
+                ],
+                2,
+            ),
+            route(pending(), vec![("/data/plan", json!("pro"))], 3),
+            route(pending(), vec![("/data/campaign/id", json!(3))], 4),
+        ]);
+        let pick = |body: Value| {
+            let text = body.to_string();
+            let payload = Payload::parse(text.as_bytes()).unwrap();
+            router
+                .find("fp", "fulfilment_pending", &payload)
+                .map(|r| r.upstreams[0])
+        };
+        let event = |campaign: i64, plan: &str| json!({"data": {"campaign": {"id": campaign}, "plan": plan}});
+        assert_eq!(pick(event(1, "pro")), Some(0));
+        assert_eq!(pick(event(2, "basic")), Some(1));
+        assert_eq!(pick(event(3, "pro")), Some(2));
+        assert_eq!(pick(event(4, "pro")), Some(3));
+        assert_eq!(pick(event(3, "basic")), Some(4));
+        assert_eq!(pick(event(5, "basic")), None);
     }
 }
