@@ -36,6 +36,9 @@ use http::Response;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 
+mod memory;
+use memory::rss_bytes;
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -235,15 +238,4 @@ fn upstream_target(address: SocketAddr) -> anyhow::Result<UpstreamTarget> {
         .for_upstream(&config)
         .clone();
     UpstreamTarget::new(config, client, Arc::new(Metrics::new()))
-}
-
-/// VmRSS of this process, in bytes (0 where /proc is not available).
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
 }

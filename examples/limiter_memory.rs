@@ -14,7 +14,10 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use hookgate::config::Quota;
+
+mod memory;
 use hookgate::pipeline::rate_limit::{client_limiter, sweep};
+use memory::rss_bytes;
 
 const KEYS: u32 = 1_000_000;
 
@@ -75,15 +78,4 @@ fn main() {
         mib(swept),
         limiter.len()
     );
-}
-
-/// VmRSS of this process, in bytes (0 where /proc is not available).
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
 }

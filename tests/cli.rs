@@ -245,11 +245,7 @@ async fn serve_round_trip_then_sigterm_exits_zero() {
     assert_eq!(answer.status, 200);
     assert_eq!(upstream.count(), 1);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    signal(&child, "TERM");
     let status = wait_for_exit(&mut child).await;
     assert_eq!(status.code(), Some(0));
 }
@@ -315,11 +311,7 @@ async fn serve_runs_the_configured_workers() {
     }
     assert_eq!(upstream.count(), CONNECTIONS);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    signal_pid(pid, "TERM");
     assert_eq!(wait_for_exit(&mut child.0).await.code(), Some(0));
 }
 

@@ -373,11 +373,7 @@ async fn sigterm_drains_and_relays_the_real_answer() {
         event(json!(1), "fulfilment_pending"),
     );
     upstream.wait_for_count(1).await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&child, "TERM");
 
     // Draining: readiness turns 503 while health and the in-flight request carry on.
     let readyz = format!("http://{admin}/readyz");

@@ -442,11 +442,7 @@ upstream = "app"
         .await;
     assert_eq!(upstream.count(), 2);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&child, "TERM");
     let status = wait_for_exit(&mut child).await;
     assert!(status.success());
     let mut logs = reader.join().unwrap();

@@ -680,14 +680,6 @@ fn wait_for_log(
     }
 }
 
-fn signal(child: &std::process::Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_certificate_of_the_running_binary() {
     let upstream = FakeUpstream::start(Reply::status(200)).await;

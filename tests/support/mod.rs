@@ -375,6 +375,20 @@ upstream = "app"
     )
 }
 
+/// Sends signal `name` (`TERM`, `HUP`) to a spawned process.
+pub fn signal(child: &std::process::Child, name: &str) {
+    signal_pid(child.id(), name);
+}
+
+/// Sends signal `name` to process `pid`.
+pub fn signal_pid(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
 /// Waits (bounded by [`STEP`]) for a spawned `hookgate` process to exit, and returns how.
 pub async fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
     bounded("hookgate to exit", async {
