@@ -27,7 +27,8 @@
 //! - [`upstream`]: the pooled HTTP/HTTPS clients.
 //! - [`config`]: the TOML file, typed and validated before anything binds.
 //! - [`error`]: request errors and their single mapping to statuses.
-//! - [`metrics`] and [`admin`]: what operators scrape and probe.
+//! - [`metrics`] and [`admin`]: what operators scrape and probe; [`logbuf`]: log lines of
+//!   worker threads, written out in batches.
 //! - [`demo`]: `hookgate demo`, the quick start's round trip with an example legacy app.
 
 #![forbid(unsafe_code)]
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod logbuf;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;

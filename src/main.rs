@@ -151,7 +151,9 @@ fn init_logging(format: Option<LogFormat>, default_level: &str) {
     } else {
         LogFormat::Json
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(hookgate::logbuf::Stdout);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

@@ -5,6 +5,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 use support::*;
@@ -252,6 +253,14 @@ async fn serve_round_trip_then_sigterm_exits_zero() {
 
 /// Starts `hookgate --config path` and waits (bounded) for the address it logs as bound.
 fn serve_binary(path: &Path) -> (std::process::Child, String) {
+    let (child, addr, _) = serve_binary_counting_events(path);
+    (child, addr)
+}
+
+/// Like [`serve_binary`], also counting the "event handled" lines the process logs.
+fn serve_binary_counting_events(
+    path: &Path,
+) -> (std::process::Child, String, std::sync::Arc<AtomicUsize>) {
     let mut child = Command::new(BIN)
         .args(["--config", path.to_str().unwrap(), "--log-format", "json"])
         .stdout(Stdio::piped())
@@ -261,11 +270,16 @@ fn serve_binary(path: &Path) -> (std::process::Child, String) {
     // The first log line with a listen address tells where it bound port 0.
     let stdout = child.stdout.take().unwrap();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let events = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&events);
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) {
                 if let Some(listen) = log["listen"].as_str() {
                     let _ = addr_tx.send(listen.to_owned());
+                }
+                if log["message"] == "event handled" {
+                    counted.fetch_add(1, Ordering::SeqCst);
                 }
             }
         }
@@ -273,7 +287,7 @@ fn serve_binary(path: &Path) -> (std::process::Child, String) {
     let addr = addr_rx
         .recv_timeout(STEP)
         .expect("hookgate logged its listen address");
-    (child, addr)
+    (child, addr, events)
 }
 
 /// `[server] workers = 3`: three worker threads, three listening sockets on the one port
@@ -286,7 +300,7 @@ async fn serve_runs_the_configured_workers() {
         .replace("http://127.0.0.1:9/hook", &upstream.url("/hook"))
         .replace("[server]\n", "[server]\nworkers = 3\n");
     let path = scratch.write("c.toml", &config);
-    let (child, addr) = serve_binary(&path);
+    let (child, addr, events_logged) = serve_binary_counting_events(&path);
     let mut child = KillOnDrop(child);
     let addr: std::net::SocketAddr = addr.parse().expect("a socket address");
 
@@ -310,6 +324,12 @@ async fn serve_runs_the_configured_workers() {
         assert_eq!(answer.status, 200, "connection {n}: {:?}", answer.body);
     }
     assert_eq!(upstream.count(), CONNECTIONS);
+    // Worker threads batch their log lines, but write them out once idle: every event's line
+    // is on stdout while the gateway still runs.
+    eventually("a log line per event while running", || {
+        events_logged.load(Ordering::SeqCst) == CONNECTIONS
+    })
+    .await;
 
     signal_pid(pid, "TERM");
     assert_eq!(wait_for_exit(&mut child.0).await.code(), Some(0));

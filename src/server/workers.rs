@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::tls::TlsTerminator;
 use crate::config::ServerConfig;
 use crate::pipeline::Gateway;
-use crate::upstream;
+use crate::{logbuf, upstream};
 
 /// Pending connections the kernel queues per listening socket.
 const BACKLOG: u32 = 1024;
@@ -137,13 +137,19 @@ impl Worker {
             tracing::error!(error = %format!("{error:#}"), "worker failed; stopping hookgate");
             stop.cancel();
         }
+        // Before the thread reports back: the process may exit before this thread's buffer
+        // would be dropped (and written out) with the thread.
+        logbuf::flush_this_thread();
         served
     }
 
     fn serve(self, listener: std::net::TcpListener) -> anyhow::Result<()> {
         upstream::set_worker_index(self.index);
+        logbuf::batch_this_thread();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Log lines wait no longer than until this worker has nothing left to do.
+            .on_thread_park(logbuf::flush_this_thread)
             .build()
             .context("cannot start a worker's runtime")?;
         runtime.block_on(async move {
