@@ -28,7 +28,7 @@
 //! - [`config`]: the TOML file, typed and validated before anything binds.
 //! - [`error`]: request errors and their single mapping to statuses.
 //! - [`metrics`] and [`admin`]: what operators scrape and probe; [`logbuf`]: log lines of
-//!   worker threads, written out in batches.
+//!   worker threads, written out in batches, as [`logformat`]'s JSON lines.
 //! - [`demo`]: `hookgate demo`, the quick start's round trip with an example legacy app.
 
 #![forbid(unsafe_code)]
@@ -40,6 +40,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod logbuf;
+pub mod logformat;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;

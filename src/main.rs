@@ -155,7 +155,7 @@ fn init_logging(format: Option<LogFormat>, default_level: &str) {
         .with_env_filter(filter)
         .with_writer(hookgate::logbuf::Stdout);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder.event_format(hookgate::logformat::JsonLine).init(),
         LogFormat::Text => builder.init(),
     }
 }

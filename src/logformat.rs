@@ -1,0 +1,272 @@
+//! The JSON log line, written directly.
+//!
+//! tracing-subscriber's JSON formatter collects every field of an event into a map of
+//! `serde_json::Value`s (a `String` per field) and serialises that: on the duplicate path the
+//! log line was about a fifth of the CPU per request. This writes the same line — one JSON
+//! object per event, `{"timestamp", "level", <the event's fields, message first>, "target"}` —
+//! straight into the output, escaping as it goes. Span fields are not included (hookgate opens
+//! no spans; a dependency's spans only matter at trace level).
+
+use std::fmt::{self, Write};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Formats each event as one line of JSON.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonLine;
+
+impl<S, N> FormatEvent<S, N> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let metadata = event.metadata();
+        writer.write_str("{\"timestamp\":\"")?;
+        write_timestamp(&mut writer, time::OffsetDateTime::now_utc())?;
+        write!(writer, "\",\"level\":\"{}\"", metadata.level())?;
+        let mut fields = Fields {
+            writer: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_str(",\"target\":")?;
+        write_string(&mut writer, metadata.target())?;
+        writer.write_str("}\n")
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, as tracing-subscriber writes it.
+fn write_timestamp(out: &mut impl Write, now: time::OffsetDateTime) -> fmt::Result {
+    write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.microsecond()
+    )
+}
+
+/// Writes each field as `,"name":value`.
+struct Fields<'w, 'a> {
+    writer: &'w mut Writer<'a>,
+    result: fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = (|| {
+            self.writer.write_char(',')?;
+            write_string(self.writer, field.name())?;
+            self.writer.write_char(':')?;
+            value(self.writer)
+        })();
+    }
+}
+
+impl Visit for Fields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, |out| write_string(out, value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, |out| write!(out, "{value}"));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // JSON has no NaN or infinities.
+        match value.is_finite() {
+            true => self.field(field, |out| write!(out, "{value}")),
+            false => self.field(field, |out| write_string(out, &value.to_string())),
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        // `%value` fields arrive here too, already wrapped to format with Display.
+        self.field(field, |out| {
+            out.write_char('"')?;
+            write!(Escaped(&mut *out), "{value:?}")?;
+            out.write_char('"')
+        });
+    }
+}
+
+/// `text` as a JSON string.
+fn write_string(out: &mut impl Write, text: &str) -> fmt::Result {
+    out.write_char('"')?;
+    Escaped(&mut *out).write_str(text)?;
+    out.write_char('"')
+}
+
+/// Escapes what it is given for the inside of a JSON string.
+struct Escaped<W>(W);
+
+impl<W: Write> Write for Escaped<W> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut plain_from = 0;
+        for (at, byte) in text.bytes().enumerate() {
+            let escape = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..=0x1f | 0x7f => "",
+                _ => continue,
+            };
+            self.0.write_str(&text[plain_from..at])?;
+            match escape {
+                "" => write!(self.0, "\\u{byte:04x}")?,
+                escape => self.0.write_str(escape)?,
+            }
+            plain_from = at + 1;
+        }
+        self.0.write_str(&text[plain_from..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    /// The lines `emit` logs, parsed (each must be valid JSON), and as written.
+    fn logged(emit: impl FnOnce()) -> Vec<(serde_json::Value, String)> {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(JsonLine)
+            .with_writer(captured.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| {
+                let value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                (value, line.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_event_is_one_line_of_json_with_its_fields_in_order() {
+        let lines = logged(|| {
+            tracing::info!(
+                source = %"firstpromoter",
+                event_id = "48213377",
+                route = 3_usize,
+                offset = -2_i64,
+                duplicate = false,
+                ratio = 0.5,
+                "event handled"
+            );
+        });
+        assert_eq!(lines.len(), 1);
+        let (line, raw) = &lines[0];
+        let mut keys: Vec<(usize, &str)> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|key| (raw.find(&format!("\"{key}\":")).unwrap(), key.as_str()))
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys.iter().map(|(_, key)| *key).collect::<Vec<_>>(),
+            [
+                "timestamp",
+                "level",
+                "message",
+                "source",
+                "event_id",
+                "route",
+                "offset",
+                "duplicate",
+                "ratio",
+                "target"
+            ]
+        );
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["message"], "event handled");
+        assert_eq!(line["source"], "firstpromoter");
+        assert_eq!(line["event_id"], "48213377");
+        assert_eq!(line["route"], 3);
+        assert_eq!(line["offset"], -2);
+        assert_eq!(line["duplicate"], false);
+        assert_eq!(line["ratio"], 0.5);
+        assert_eq!(line["target"], "hookgate::logformat::tests");
+        let timestamp = line["timestamp"].as_str().unwrap();
+        assert_eq!(
+            timestamp.len(),
+            "2026-11-26T22:30:33.194324Z".len(),
+            "{timestamp}"
+        );
+        assert!(timestamp.ends_with('Z') && timestamp.as_bytes()[10] == b'T');
+    }
+
+    #[test]
+    fn strings_are_escaped_whatever_they_hold() {
+        let nasty = "quote \" backslash \\ newline \n tab \t bell \u{7} del \u{7f} é 🙂";
+        let lines = logged(|| {
+            tracing::warn!(text = nasty, display = %nasty, debug = ?nasty, "{nasty}");
+        });
+        let line = &lines[0].0;
+        assert_eq!(line["text"], nasty);
+        assert_eq!(line["display"], nasty);
+        assert_eq!(line["debug"], format!("{nasty:?}"));
+        assert_eq!(line["message"], nasty);
+    }
+
+    #[test]
+    fn non_finite_floats_stay_valid_json() {
+        let lines = logged(|| tracing::info!(value = f64::NAN, other = f64::INFINITY));
+        assert_eq!(lines[0].0["value"], "NaN");
+        assert_eq!(lines[0].0["other"], "inf");
+    }
+}
