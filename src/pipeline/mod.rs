@@ -66,6 +66,24 @@ struct SourceEntry {
     counters: SourceCounters,
 }
 
+/// A route's upstream names joined by commas, for the log line (formatted, never collected).
+struct UpstreamNames<'a, F> {
+    indices: &'a [usize],
+    name: F,
+}
+
+impl<'a, F: Fn(usize) -> &'a str> std::fmt::Display for UpstreamNames<'a, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (position, &index) in self.indices.iter().enumerate() {
+            if position > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str((self.name)(index))?;
+        }
+        Ok(())
+    }
+}
+
 /// How one upstream's outcome reaches this request.
 enum Pending {
     /// Already known (a replayed record).
@@ -293,19 +311,8 @@ impl Gateway {
             return Ok((self.unrouted(&event.event_type), RequestOutcome::Unrouted));
         };
 
-        let delivery = Arc::new(Delivery::new(
-            &parts.headers,
-            source
-                .authenticator
-                .as_ref()
-                .and_then(Authenticator::credential_header),
-            client,
-            self.proto,
-            &event.id,
-            &event.event_type,
-            // A reference-count bump: the bytes are shared, never copied.
-            body.clone(),
-        ));
+        // Built on the first claim this request leads: a replay forwards nothing.
+        let mut delivery: Option<Arc<Delivery>> = None;
         let mut pending = Vec::with_capacity(route.upstreams.len());
         let mut led = Vec::with_capacity(route.upstreams.len());
         for &index in &route.upstreams {
@@ -317,8 +324,23 @@ impl Gateway {
                 Claim::Recorded(record) => Pending::Ready(Arc::new(Outcome::Replayed(record))),
                 Claim::InFlight(outcome_rx) => Pending::Waiting(outcome_rx),
                 Claim::Leader(lease) => {
+                    let delivery = delivery.get_or_insert_with(|| {
+                        Arc::new(Delivery::new(
+                            &parts.headers,
+                            source
+                                .authenticator
+                                .as_ref()
+                                .and_then(Authenticator::credential_header),
+                            client,
+                            self.proto,
+                            &event.id,
+                            &event.event_type,
+                            // A reference-count bump: the bytes are shared, never copied.
+                            body.clone(),
+                        ))
+                    });
                     let delivery = match target.config.redact.is_empty() {
-                        true => Arc::clone(&delivery),
+                        true => Arc::clone(delivery),
                         false => Arc::new(
                             delivery
                                 .with_body(redact::redact(&delivery.body, &target.config.redact)),
@@ -351,14 +373,17 @@ impl Gateway {
         }
         if tracing::enabled!(tracing::Level::INFO) {
             let name = |index: usize| &*self.upstreams[index].name;
-            let upstreams: Vec<&str> = route.upstreams.iter().map(|&index| name(index)).collect();
             tracing::info!(
                 source = %source.name,
                 event_id = %event.id,
                 event_type = %event.event_type,
                 route = route.index,
-                upstreams = %upstreams.join(","),
-                decided_by = decided_by.map_or("respond_within", |position| upstreams[position]),
+                upstreams = %UpstreamNames {
+                    indices: &route.upstreams,
+                    name
+                },
+                decided_by = decided_by
+                    .map_or("respond_within", |position| name(route.upstreams[position])),
                 status = response.status().as_u16(),
                 outcome = outcome.as_str(),
                 duplicate = shared,
@@ -451,4 +476,24 @@ async fn wait_until(pending: Vec<Pending>, deadline: Instant) -> Vec<Option<Arc<
         });
     }
     outcomes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UpstreamNames;
+
+    #[test]
+    fn upstream_names_are_joined_in_route_order() {
+        let names = ["billing", "crm", "audit"];
+        let joined = |indices: &[usize]| {
+            UpstreamNames {
+                indices,
+                name: |index: usize| names[index],
+            }
+            .to_string()
+        };
+        assert_eq!(joined(&[2, 0]), "audit,billing");
+        assert_eq!(joined(&[1]), "crm");
+        assert_eq!(joined(&[]), "");
+    }
 }
