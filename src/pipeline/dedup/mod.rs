@@ -162,14 +162,17 @@ impl Lease {
 
     /// Records a 2xx answer, releases the key and wakes every waiter with `outcome`.
     pub fn complete(mut self, outcome: Arc<Outcome>) {
+        // Copied before the lock: the answer may be up to 1 MiB.
+        let record = match &*outcome {
+            Outcome::Answered(record) if record.status.is_success() => {
+                Some(Arc::new(record.detached()))
+            }
+            _ => None,
+        };
         {
             let mut in_flight = self.dedup.lock_in_flight();
-            if let Outcome::Answered(record) = &*outcome {
-                if record.status.is_success() {
-                    self.dedup
-                        .records
-                        .insert(self.key.clone(), Arc::new(record.detached()));
-                }
+            if let Some(record) = record {
+                self.dedup.records.insert(self.key.clone(), record);
             }
             in_flight.remove(&self.key);
             self.released = true;
