@@ -75,8 +75,8 @@ impl std::fmt::Debug for WorkerClients {
     }
 }
 
-/// The clients of every configured upstream, built once at startup.
-#[derive(Clone)]
+/// The clients of every configured upstream, built with each gateway (at startup and on
+/// reload).
 pub struct Clients {
     default: WorkerClients,
     /// By upstream name; only upstreams with TLS settings of their own.

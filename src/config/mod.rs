@@ -224,7 +224,7 @@ pub enum DedupBackend {
 }
 
 /// `[dedup]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupConfig {
     /// How long a record is kept.
     pub ttl: Duration,

@@ -304,25 +304,25 @@ pub async fn forward(target: &UpstreamTarget, delivery: &Delivery) -> Outcome {
     }
 
     let started = Instant::now();
-    let exchange =
-        async {
-            let response = target.client.current().request(request).await.map_err(|error| {
+    let client = target.client.current();
+    let exchange = async {
+        let response = client.request(request).await.map_err(|error| {
             tracing::debug!(upstream = %target.name, error = %error, "upstream request failed");
         })?;
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_UPSTREAM_BODY_BYTES)
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_UPSTREAM_BODY_BYTES)
             .collect()
             .await
             .map_err(|error| {
                 tracing::debug!(upstream = %target.name, error = %error, "upstream body failed");
             })?
             .to_bytes();
-            Ok::<_, ()>(Record {
-                status: parts.status,
-                content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
-                body,
-            })
-        };
+        Ok::<_, ()>(Record {
+            status: parts.status,
+            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+            body,
+        })
+    };
     let outcome = match tokio::time::timeout(upstream.timeout, exchange).await {
         Ok(Ok(record)) => Outcome::Answered(Arc::new(record)),
         Ok(Err(())) => Outcome::Unreachable,
@@ -353,18 +353,7 @@ fn log_attempt(target: &UpstreamTarget, status: AttemptStatus, took: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect()
-    }
+    use crate::pipeline::test_headers as headers;
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_dropped() {

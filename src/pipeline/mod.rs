@@ -154,7 +154,7 @@ impl Gateway {
             .collect::<anyhow::Result<_>>()?;
         let dedup = match previous {
             Some(old) => {
-                if !same_dedup(&old.dedup_config, &config.dedup) {
+                if old.dedup_config != config.dedup {
                     tracing::warn!(
                         "[dedup] changed: restart hookgate to apply it; the running store is kept"
                     );
@@ -454,10 +454,6 @@ fn request_outcome(outcome: &Outcome) -> RequestOutcome {
 }
 
 /// Whether two `[dedup]` sections describe the same store.
-fn same_dedup(a: &DedupConfig, b: &DedupConfig) -> bool {
-    a.ttl == b.ttl && a.max_entries == b.max_entries && a.backend == b.backend
-}
-
 /// Waits for every outcome until `deadline`; those not known by then are `None`.
 async fn wait_until(pending: Vec<Pending>, deadline: Instant) -> Vec<Option<Arc<Outcome>>> {
     let mut outcomes = Vec::with_capacity(pending.len());
@@ -476,6 +472,20 @@ async fn wait_until(pending: Vec<Pending>, deadline: Instant) -> Vec<Option<Arc<
         });
     }
     outcomes
+}
+
+/// A header map from `(name, value)` pairs, for unit tests of the stages.
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            (
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

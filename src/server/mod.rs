@@ -55,22 +55,7 @@ pub async fn run(
     serve_with_tls(listener, gateway, &config.server, tls, shutdown).await
 }
 
-/// Like [`run`], with a gateway built by the caller (who may keep a handle to inspect it).
-///
-/// # Errors
-/// If the TLS certificate of `server.tls` cannot be loaded.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    server: &ServerConfig,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let tls = TlsTerminator::for_server(server)?;
-    let gateway = Arc::new(ArcSwap::new(gateway));
-    serve_with_tls(listener, gateway, server, tls, shutdown).await
-}
-
-/// Like [`serve`], with the TLS side built by the caller, who keeps it to reload the
+/// Like [`run`], with the gateway and the TLS side built by the caller, who keeps it to reload the
 /// certificate ([`TlsTerminator::reload`]), and the gateway behind an [`ArcSwap`] that a
 /// config reload replaces: each request loads the current gateway once and keeps it to the
 /// end, so no request ever sees half of one config and half of another. `None` serves plain
