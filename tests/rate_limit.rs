@@ -341,6 +341,8 @@ async fn a_duplicate_is_replayed_even_when_its_upstreams_limit_is_spent() {
     let sender = Sender::http1();
     let url = gateway.url(FP);
 
+    // Taken before the only token is spent: it comes back a second after that.
+    let spent_at = std::time::Instant::now();
     let first = sender.post(&url, event(json!(1), "lead_signup")).await;
     assert_eq!((first.status, first.text().as_str()), (200, "recorded"));
     retry_after(&sender.post(&url, event(json!(2), "lead_signup")).await);
@@ -351,6 +353,14 @@ async fn a_duplicate_is_replayed_even_when_its_upstreams_limit_is_spent() {
     assert_eq!((replay.status, replay.text().as_str()), (200, "recorded"));
     assert!(replay.is_duplicate());
     assert_eq!(upstream.count(), 1);
+
+    // Proof that the bucket was still empty when the replay went through (and that the
+    // replay took nothing from it): a new event is still refused, unless the token had time
+    // to come back, which only a very slow run allows; then this check says nothing.
+    let after = sender.post(&url, event(json!(3), "lead_signup")).await;
+    if spent_at.elapsed() < std::time::Duration::from_millis(900) {
+        assert_eq!(after.status, 429, "{}", after.text());
+    }
 }
 
 /// Fan-out to `a` (limited) and `b`: with `a`'s token spent, a new event gets 429 (`a`'s

@@ -426,20 +426,40 @@ upstream = "app"
     let sender = Sender::http1();
     let sensitive = fixture("promoter_signed_up.json");
     let with_token = format!("{url}?token=tok-LEAKCHECK-1");
-    // A failure (500), the retry (200), a replay, a bad token, a malformed body.
+    // A failure (500), the retry (200), a replay, a bad token, a malformed body: each must
+    // take its own path, or the log lines this test reads are not the ones it claims.
+    let mut answers = Vec::new();
     for target in [&with_token, &with_token, &with_token] {
-        sender.send(post(target, &sensitive, &[])).await;
+        answers.push(sender.send(post(target, &sensitive, &[])).await);
     }
-    sender
-        .send(post(&format!("{url}?token=tok-WRONG-3"), &sensitive, &[]))
-        .await;
-    sender
-        .send(post(
-            &with_token,
-            &Bytes::from_static(b"{\"password\":\"pw-LEAKCHECK-4\""),
-            &[],
-        ))
-        .await;
+    answers.push(
+        sender
+            .send(post(&format!("{url}?token=tok-WRONG-3"), &sensitive, &[]))
+            .await,
+    );
+    answers.push(
+        sender
+            .send(post(
+                &with_token,
+                &Bytes::from_static(b"{\"password\":\"pw-LEAKCHECK-4\""),
+                &[],
+            ))
+            .await,
+    );
+    let seen: Vec<(u16, bool)> = answers
+        .iter()
+        .map(|answer| (answer.status, answer.is_duplicate()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (500, false),
+            (200, false),
+            (200, true),
+            (401, false),
+            (400, false)
+        ]
+    );
     assert_eq!(upstream.count(), 2);
 
     signal(&child, "TERM");

@@ -20,26 +20,39 @@ impl Router {
 
     /// The first route matching the event, if any.
     pub fn find(&self, source: &str, event_type: &str, payload: &Payload<'_>) -> Option<&Route> {
-        let mut fields = Fields {
-            payload,
-            read: Vec::new(),
-        };
+        self.find_reading(source, event_type, &mut Fields::new(payload))
+    }
+
+    fn find_reading<'r>(
+        &'r self,
+        source: &str,
+        event_type: &str,
+        fields: &mut Fields<'r, '_, '_>,
+    ) -> Option<&'r Route> {
         self.routes
             .iter()
-            .find(|route| route_matches(route, source, event_type, &mut fields))
+            .find(|route| route_matches(route, source, event_type, fields))
     }
 }
 
 /// The payload's values at the pointers routes test, each read at most once per event: a
 /// lookup scans the JSON text, and the usual FirstPromoter table has one route per campaign,
 /// all testing `/data/campaign/id`.
-struct Fields<'p, 'a> {
+struct Fields<'r, 'p, 'a> {
     payload: &'p Payload<'a>,
-    read: Vec<(&'p str, Option<Value>)>,
+    /// By pointer (borrowed from the route table).
+    read: Vec<(&'r str, Option<Value>)>,
 }
 
-impl<'p> Fields<'p, '_> {
-    fn get(&mut self, pointer: &'p str) -> Option<&Value> {
+impl<'r, 'p, 'a> Fields<'r, 'p, 'a> {
+    fn new(payload: &'p Payload<'a>) -> Self {
+        Self {
+            payload,
+            read: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, pointer: &'r str) -> Option<&Value> {
         let at = match self.read.iter().position(|(read, _)| *read == pointer) {
             Some(at) => at,
             None => {
@@ -51,11 +64,11 @@ impl<'p> Fields<'p, '_> {
     }
 }
 
-fn route_matches<'p>(
-    route: &'p Route,
+fn route_matches<'r>(
+    route: &'r Route,
     source: &str,
     event_type: &str,
-    fields: &mut Fields<'p, '_>,
+    fields: &mut Fields<'r, '_, '_>,
 ) -> bool {
     route.source.as_deref().is_none_or(|name| name == source)
         && route
@@ -222,5 +235,15 @@ mod tests {
         assert_eq!(pick(event(4, "pro")), Some(3));
         assert_eq!(pick(event(3, "basic")), Some(4));
         assert_eq!(pick(event(5, "basic")), None);
+
+        // That last event was tested by all five routes: two pointers, each read once.
+        let text = event(5, "basic").to_string();
+        let payload = Payload::parse(text.as_bytes()).unwrap();
+        let mut fields = Fields::new(&payload);
+        assert!(router
+            .find_reading("fp", "fulfilment_pending", &mut fields)
+            .is_none());
+        let read: Vec<&str> = fields.read.iter().map(|(pointer, _)| *pointer).collect();
+        assert_eq!(read, ["/data/campaign/id", "/data/plan"]);
     }
 }
