@@ -363,3 +363,29 @@ async fn too_many_or_too_large_headers_are_refused() {
     }
     assert_eq!(upstream.count(), 0);
 }
+
+/// A sender that announces a body over `max_body_bytes` gets 413 before the gateway reads the
+/// body, and the gateway closes the connection. If it closed with the body still arriving, its
+/// kernel would answer the unread bytes with a reset, and the sender, still writing, would see
+/// "connection reset" instead of the 413 (issue #4: a clear answer, never a dropped one). The
+/// body here is far larger than the sockets' buffers, so without a lingering close the write
+/// fails every time rather than by chance.
+#[tokio::test]
+async fn a_sender_still_writing_an_oversized_body_reads_its_413() {
+    let upstream = FakeUpstream::start(Reply::status(200)).await;
+    let gateway = spawn_gateway(&one_route_config(&upstream.url("/hook"), "", "")).await;
+    let body = vec![b' '; 32 * 1024 * 1024];
+    let mut conn = RawConn::connect(gateway.addr).await;
+    conn.write(&raw_post("/fp", &body, ""))
+        .await
+        .expect("the whole body is written: the gateway reads and discards it after its 413");
+    let answer = conn.read_response().await;
+    assert_eq!(
+        answer.status,
+        413,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    conn.expect_closed().await;
+    assert_eq!(upstream.count(), 0);
+}

@@ -3,6 +3,7 @@
 //! drains on shutdown.
 
 pub mod idle;
+pub mod linger;
 pub mod reload;
 pub mod signal;
 pub mod tls;
@@ -27,6 +28,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, ServerConfig};
 use crate::pipeline::Gateway;
 use idle::{Activity, Watched};
+use linger::Lingering;
 use tls::TlsTerminator;
 
 /// Most headers accepted in one request head; more is a hostile or broken client.
@@ -188,7 +190,7 @@ impl Connection {
             header_timeout,
             idle_timeout,
         } = self;
-        let io = Watched::new(io, Arc::clone(&activity));
+        let io = Watched::new(Lingering::new(io), Arc::clone(&activity));
         let requests = Arc::clone(&activity);
         let service = service_fn(move |request| {
             let in_progress = requests.request_started();
