@@ -388,11 +388,15 @@ async fn sigterm_drains_and_relays_the_real_answer() {
         (answer.status == 503).then_some(())
     })
     .await;
-    let refused = tokio::net::TcpStream::connect(&gateway).await;
-    assert!(
-        refused.is_err(),
-        "the gateway listener is closed during the drain"
-    );
+    // The workers close their listeners on their own threads, just after /readyz turns:
+    // wait (bounded) for that, while the request is still held in flight.
+    poll_until("the gateway listener to close during the drain", || async {
+        tokio::net::TcpStream::connect(&gateway)
+            .await
+            .err()
+            .map(drop)
+    })
+    .await;
 
     upstream.release(1);
     let answer = bounded("the in-flight answer", in_flight).await.unwrap();
