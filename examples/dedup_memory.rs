@@ -15,8 +15,9 @@
 //! cargo run --release --example dedup_memory
 //! ```
 //!
-//! A record owns copies of the answer's body and content-type (`Record::detached`): the
-//! slices hyper hands out would each keep the connection's whole 8 KiB read buffer alive.
+//! A record packs copies of the answer's status, content-type and body into one allocation
+//! of its own: the slices hyper hands out would each keep the connection's whole 8 KiB read
+//! buffer alive.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -100,7 +101,7 @@ async fn run() -> anyhow::Result<()> {
         record_events(&store, &target, &source, next, end).await?;
         next = end;
         let took = started.elapsed();
-        // First: counting runs moka's pending maintenance, evictions included.
+        // First: counting drops the expired records (evictions happen as records are written).
         let held = store.record_count();
         let rss = rss_bytes();
         let grown = rss.saturating_sub(before);

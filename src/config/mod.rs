@@ -211,7 +211,7 @@ impl std::fmt::Debug for Secret {
 /// Where dedup records live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DedupBackend {
-    /// In-process moka cache.
+    /// In-process store (sharded, oldest written evicted first).
     Memory,
     /// Redis, shared by replicas.
     Redis {
