@@ -8,6 +8,8 @@
 //! The per-request counter is resolved once per (source, outcome) when a gateway is built, so
 //! counting a request is one atomic add with no label hashing or allocation.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -91,13 +93,23 @@ struct RequestLabels {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UpstreamStatusLabels {
-    upstream: String,
-    status: String,
+    upstream: UpstreamName,
+    status: AttemptStatus,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UpstreamLabels {
-    upstream: String,
+    upstream: UpstreamName,
+}
+
+/// An upstream's name as a label: shared, so a lookup per forward allocates nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct UpstreamName(Arc<str>);
+
+impl EncodeLabelValue for UpstreamName {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -111,7 +123,7 @@ struct ResultLabels {
 }
 
 /// How an upstream attempt ended, for `hookgate_upstream_requests_total{status}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AttemptStatus {
     /// The upstream answered with this status.
     Code(u16),
@@ -119,6 +131,16 @@ pub enum AttemptStatus {
     Timeout,
     /// Any other failure without an HTTP answer.
     ConnectError,
+}
+
+impl EncodeLabelValue for AttemptStatus {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            Self::Code(code) => std::fmt::Write::write_fmt(encoder, format_args!("{code}")),
+            Self::Timeout => EncodeLabelValue::encode(&"timeout", encoder),
+            Self::ConnectError => EncodeLabelValue::encode(&"connect_error", encoder),
+        }
+    }
 }
 
 /// The process's metrics.
@@ -243,13 +265,8 @@ impl Metrics {
     }
 
     /// Counts one upstream attempt and observes its duration.
-    pub fn upstream_attempt(&self, upstream: &str, status: AttemptStatus, seconds: f64) {
-        let status = match status {
-            AttemptStatus::Code(code) => code.to_string(),
-            AttemptStatus::Timeout => "timeout".to_owned(),
-            AttemptStatus::ConnectError => "connect_error".to_owned(),
-        };
-        let upstream = upstream.to_owned();
+    pub fn upstream_attempt(&self, upstream: &Arc<str>, status: AttemptStatus, seconds: f64) {
+        let upstream = UpstreamName(Arc::clone(upstream));
         self.upstream_duration
             .get_or_create(&UpstreamLabels {
                 upstream: upstream.clone(),
@@ -296,7 +313,7 @@ impl Metrics {
         for (upstream, count) in in_flight {
             self.in_flight
                 .get_or_create(&UpstreamLabels {
-                    upstream: upstream.to_owned(),
+                    upstream: UpstreamName(Arc::from(upstream)),
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
@@ -326,8 +343,9 @@ mod tests {
         fp.count(RequestOutcome::Forwarded);
         fp.count(RequestOutcome::Duplicate);
         metrics.dedup_hit();
-        metrics.upstream_attempt("billing", AttemptStatus::Code(200), 0.012);
-        metrics.upstream_attempt("billing", AttemptStatus::Timeout, 10.0);
+        let billing: Arc<str> = Arc::from("billing");
+        metrics.upstream_attempt(&billing, AttemptStatus::Code(200), 0.012);
+        metrics.upstream_attempt(&billing, AttemptStatus::Timeout, 10.0);
         metrics.rate_limited(Scope::Client);
         metrics.config_reload(false);
         metrics.set_gauges(42, [("billing", 3)]);
