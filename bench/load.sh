@@ -21,8 +21,11 @@
 #   TLS=1             add nginx-tls and hookgate-tls (self-signed P-256 cert made at run time)
 #   ROUNDS=3  DURATION=10  WARMUP=2  CONNS=32  THREADS=2
 #   HOOKGATE_BIN      use this binary instead of `cargo build --release`
+#   HOOKGATE_BIN_B    a second build, for the targets hookgate-b and hookgate-b-dup: the same
+#                     config as hookgate, in the same run (an A/B of two builds; on a noisy
+#                     machine only same-run comparisons mean anything)
 #   BODY              JSON fixture (default bench/fixtures/fulfilment_pending.json)
-#   PORT_BASE=24200   ports PORT_BASE+1..+7 on 127.0.0.1 (keep below 32768)
+#   PORT_BASE=24200   ports PORT_BASE+1..+11 on 127.0.0.1 (keep below 32768)
 #   KEEP_TMP=1        keep the temp dir (configs, logs, raw wrk output)
 #   RUST_LOG          passed to hookgate (default: its own, info = one log line per event)
 set -euo pipefail
@@ -47,6 +50,7 @@ CONNS="${CONNS:-32}"
 THREADS="${THREADS:-2}"
 BODY="${BODY:-$HERE/fixtures/fulfilment_pending.json}"
 HOOKGATE_BIN="${HOOKGATE_BIN:-}"
+HOOKGATE_BIN_B="${HOOKGATE_BIN_B:-}"
 PORT_BASE="${PORT_BASE:-24200}"
 KEEP_TMP="${KEEP_TMP:-0}"
 URL_PATH="/webhooks/firstpromoter"
@@ -74,7 +78,7 @@ for v in ROUNDS DURATION WARMUP CONNS THREADS PORT_BASE; do
 done
 (( ROUNDS >= 1 && DURATION >= 1 )) || die "ROUNDS and DURATION must be >= 1"
 (( THREADS >= 1 && CONNS >= THREADS )) || die "need CONNS >= THREADS >= 1"
-(( PORT_BASE >= 1024 && PORT_BASE + 7 < 32768 )) || die "PORT_BASE must be in 1024..32760"
+(( PORT_BASE >= 1024 && PORT_BASE + 11 < 32768 )) || die "PORT_BASE must be in 1024..32756"
 [[ "$STAGES" == all || "$STAGES" == off ]] || die "STAGES must be 'all' or 'off'"
 [[ "$VERIFY" =~ ^(auto|hmac-sha256|token)$ ]] || die "VERIFY must be auto, hmac-sha256 or token"
 [[ -r "$BODY" ]] || die "cannot read BODY $BODY"
@@ -85,7 +89,9 @@ for t in $TARGETS; do
   case "$t" in
     direct|nginx|hookgate|hookgate-dup|hookgate-off) ;;
     nginx-tls|hookgate-tls) TLS=1 ;;
-    *) die "unknown target '$t' (direct nginx nginx-tls hookgate hookgate-dup hookgate-tls hookgate-off)" ;;
+    hookgate-b|hookgate-b-dup)
+      [[ -x "$HOOKGATE_BIN_B" ]] || die "target $t needs HOOKGATE_BIN_B, an executable hookgate" ;;
+    *) die "unknown target '$t' (direct nginx nginx-tls hookgate hookgate-dup hookgate-tls hookgate-off hookgate-b hookgate-b-dup)" ;;
   esac
 done
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
@@ -99,7 +105,9 @@ HGT_PORT=$(( PORT_BASE + 6 ))       # second hookgate with [server.tls] (TLS on/
 HGT_ADMIN=$(( PORT_BASE + 7 ))
 HGO_PORT=$(( PORT_BASE + 8 ))       # third hookgate, every optional stage off (hookgate-off)
 HGO_ADMIN=$(( PORT_BASE + 9 ))
-for p in $(seq $(( PORT_BASE + 1 )) $(( PORT_BASE + 9 ))); do
+HGB_PORT=$(( PORT_BASE + 10 ))      # HOOKGATE_BIN_B with hookgate's config (hookgate-b)
+HGB_ADMIN=$(( PORT_BASE + 11 ))
+for p in $(seq $(( PORT_BASE + 1 )) $(( PORT_BASE + 11 ))); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     die "127.0.0.1:$p is in use (choose another PORT_BASE)"
   fi
@@ -348,13 +356,14 @@ upstream = "crm"
 EOF
 }
 
-start_hookgate() { # $1 = name, $2 = port, $3 = admin port, $4 = tls (0|1), $5 = stages; sets STARTED_PID
-  local conf="$TMP/$1.toml" scheme=http stages="$5"
+start_hookgate() { # $1 = name, $2 = port, $3 = admin port, $4 = tls (0|1), $5 = stages,
+                   # $6 = binary (default HOOKGATE_BIN); sets STARTED_PID
+  local conf="$TMP/$1.toml" scheme=http stages="$5" bin="${6:-$HOOKGATE_BIN}"
   [[ "$4" == 1 ]] && scheme=https
   hookgate_config "$2" "$3" "$4" "$stages" >"$conf"
-  "$HOOKGATE_BIN" check --config "$conf" >"$TMP/$1.check" 2>&1 \
+  "$bin" check --config "$conf" >"$TMP/$1.check" 2>&1 \
     || die "hookgate check rejected the generated config:"$'\n'"$(cat "$TMP/$1.check")"
-  "$HOOKGATE_BIN" --log-format json serve --config "$conf" </dev/null >"$TMP/$1.log" 2>&1 &
+  "$bin" --log-format json serve --config "$conf" </dev/null >"$TMP/$1.log" 2>&1 &
   STARTED_PID=$!
   HG_PIDS+=("$STARTED_PID")
   wait_for "http://127.0.0.1:$3/healthz" "$STARTED_PID" \
@@ -378,6 +387,9 @@ start_hookgate() { # $1 = name, $2 = port, $3 = admin port, $4 = tls (0|1), $5 =
 if want hookgate || want hookgate-dup; then start_hookgate hookgate "$HG_PORT" "$HG_ADMIN" 0 "$STAGES"; HG_PID=$STARTED_PID; fi
 if want hookgate-tls; then start_hookgate hookgate-tls "$HGT_PORT" "$HGT_ADMIN" 1 "$STAGES"; HGT_PID=$STARTED_PID; fi
 if want hookgate-off; then start_hookgate hookgate-off "$HGO_PORT" "$HGO_ADMIN" 0 off; HGO_PID=$STARTED_PID; fi
+if want hookgate-b || want hookgate-b-dup; then
+  start_hookgate hookgate-b "$HGB_PORT" "$HGB_ADMIN" 0 "$STAGES" "$HOOKGATE_BIN_B"; HGB_PID=$STARTED_PID
+fi
 
 # --------------------------------------------------------------- accounting --
 CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
@@ -416,14 +428,17 @@ declare -A URL=( [direct]="http://127.0.0.1:$UP_PORT$URL_PATH"
                  [hookgate]="http://127.0.0.1:$HG_PORT$URL_PATH"
                  [hookgate-dup]="http://127.0.0.1:$HG_PORT$URL_PATH"
                  [hookgate-tls]="https://127.0.0.1:$HGT_PORT$URL_PATH"
-                 [hookgate-off]="http://127.0.0.1:$HGO_PORT$URL_PATH" )
+                 [hookgate-off]="http://127.0.0.1:$HGO_PORT$URL_PATH"
+                 [hookgate-b]="http://127.0.0.1:$HGB_PORT$URL_PATH"
+                 [hookgate-b-dup]="http://127.0.0.1:$HGB_PORT$URL_PATH" )
 declare -A IDS=( [direct]=unique [nginx]=unique [nginx-tls]=unique
-                 [hookgate]=unique [hookgate-dup]=dup [hookgate-tls]=unique [hookgate-off]=unique )
+                 [hookgate]=unique [hookgate-dup]=dup [hookgate-tls]=unique [hookgate-off]=unique
+                 [hookgate-b]=unique [hookgate-b-dup]=dup )
 declare -A PROXY=( [direct]="" [nginx]="$PX_PID" [nginx-tls]="$PX_PID"
                    [hookgate]="${HG_PID:-}" [hookgate-dup]="${HG_PID:-}" [hookgate-tls]="${HGT_PID:-}"
-                   [hookgate-off]="${HGO_PID:-}" )
+                   [hookgate-off]="${HGO_PID:-}" [hookgate-b]="${HGB_PID:-}" [hookgate-b-dup]="${HGB_PID:-}" )
 declare -A ADMIN=( [hookgate]="$HG_ADMIN" [hookgate-dup]="$HG_ADMIN" [hookgate-tls]="$HGT_ADMIN"
-                   [hookgate-off]="$HGO_ADMIN" )
+                   [hookgate-off]="$HGO_ADMIN" [hookgate-b]="$HGB_ADMIN" [hookgate-b-dup]="$HGB_ADMIN" )
 
 RAW="$TMP/runs.tsv"
 printf 'round\ttarget\tids\treq/s\tp50_ms\tp99_ms\tnon2xx\tsock_err\tcpu_us/req\trequests\tupstream_got\treplays\tdup_hdr\tcheck\n' >"$RAW"
@@ -523,17 +538,18 @@ awk -F'\t' -v order="$TARGETS" -v rounds="$ROUNDS" -v stages="$STAGES" '
   }
   END {
     printf "== summary: medians of %d round(s), STAGES=%s\n", rounds, stages
-    printf "%-13s %-6s %9s %8s %8s %7s %8s %12s %8s\n", "target", "ids", "req/s", "p50_ms", "p99_ms", "non2xx", "sock_err", "cpu_us/req", "checks"
+    printf "%-15s %-6s %9s %8s %8s %7s %8s %12s %8s\n", "target", "ids", "req/s", "p50_ms", "p99_ms", "non2xx", "sock_err", "cpu_us/req", "checks"
     n = split(order, T, " ")
     for (i = 1; i <= n; i++) { t = T[i]; if (!(t in runs)) continue
       R[t] = median(rps[t]); P[t] = median(p50[t]); C[t] = median(cpu[t])
-      printf "%-13s %-6s %9.0f %8.3f %8.3f %7d %8d %12s %8s\n", t, ids[t], R[t], P[t], median(p99[t]),
+      printf "%-15s %-6s %9.0f %8.3f %8.3f %7d %8d %12s %8s\n", t, ids[t], R[t], P[t], median(p99[t]),
         bad[t], sock[t], (C[t] == "" ? "-" : sprintf("%.1f", C[t])), (ok[t] + 0) "/" runs[t] }
     print ""
     print "== ratios (req/s > 1: more throughput; p50 and cpu/req < 1: faster, cheaper)"
     printf "%-26s %8s %8s %12s\n", "ratio", "req/s", "p50", "cpu/req"
     ratio("nginx", "direct"); ratio("hookgate", "nginx"); ratio("hookgate-tls", "nginx-tls")
     ratio("hookgate-dup", "direct"); ratio("hookgate-dup", "hookgate"); ratio("hookgate-off", "hookgate")
+    ratio("hookgate-b", "hookgate"); ratio("hookgate-b-dup", "hookgate-dup")
   }' "$RAW"
 
 show_metrics() { # $1 = name, $2 = admin port
@@ -545,6 +561,7 @@ show_metrics() { # $1 = name, $2 = admin port
 if want hookgate || want hookgate-dup; then show_metrics hookgate "$HG_ADMIN"; fi
 if want hookgate-tls; then show_metrics hookgate-tls "$HGT_ADMIN"; fi
 if want hookgate-off; then show_metrics hookgate-off "$HGO_ADMIN"; fi
+if want hookgate-b || want hookgate-b-dup; then show_metrics hookgate-b "$HGB_ADMIN"; fi
 
 if (( INVALID > 0 )); then
   echo
