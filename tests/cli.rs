@@ -305,7 +305,7 @@ async fn serve_runs_the_configured_workers() {
     let addr: std::net::SocketAddr = addr.parse().expect("a socket address");
 
     // The listeners are bound before the address is logged; the threads start right after.
-    let pid = child.0.id();
+    let pid = child.id();
     eventually("three worker threads", || worker_threads(pid).len() == 3).await;
     assert_eq!(
         worker_threads(pid),
@@ -332,17 +332,7 @@ async fn serve_runs_the_configured_workers() {
     .await;
 
     signal_pid(pid, "TERM");
-    assert_eq!(wait_for_exit(&mut child.0).await.code(), Some(0));
-}
-
-/// Kills the child if the test fails before it has stopped it.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    assert_eq!(wait_for_exit(&mut child).await.code(), Some(0));
 }
 
 /// The names of `pid`'s worker threads, sorted.

@@ -338,7 +338,7 @@ async fn sigterm_drains_and_relays_the_real_answer() {
         1,
     ) + "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
     std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
         .args([
             "serve",
             "--config",
@@ -350,6 +350,7 @@ async fn sigterm_drains_and_relays_the_real_answer() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(child);
     let stdout = child.stdout.take().unwrap();
     let (line_tx, line_rx) = std::sync::mpsc::channel::<serde_json::Value>();
     std::thread::spawn(move || {

@@ -387,7 +387,7 @@ upstream = "app"
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
         .args([
             "serve",
             "--config",
@@ -402,6 +402,7 @@ upstream = "app"
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(child);
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     // Read the bound address from the first lines, keeping everything for the check.

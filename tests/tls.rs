@@ -178,11 +178,15 @@ async fn plain_http_to_the_tls_port_fails_cleanly_and_tls_keeps_working() {
         String::from_utf8_lossy(&received)
     );
     assert_eq!(upstream.count(), 0, "nothing was forwarded");
-    let metrics = gateway.gateway.metrics().encode();
-    assert!(
-        metrics.contains("hookgate_tls_handshake_failures_total 1"),
-        "{metrics}"
-    );
+    // Counted by the worker right after it drops the connection: wait (bounded) for it.
+    eventually("the failed handshake to be counted", || {
+        gateway
+            .gateway
+            .metrics()
+            .encode()
+            .contains("hookgate_tls_handshake_failures_total 1")
+    })
+    .await;
 
     let mut conn = TlsConn::connect(gateway.addr, client(&ca, &[b"http/1.1"])).await;
     assert_eq!(
@@ -244,11 +248,23 @@ async fn a_slow_request_head_over_tls_is_cut_off_by_header_timeout() {
 
 // === Certificate reload ===
 
+/// SIGHUP's code path (`Reloader::reload`, which re-reads the config file and the
+/// certificate it names): new connections get the new certificate, open ones keep theirs,
+/// and a certificate that cannot be used is rejected with the running one kept.
 #[tokio::test]
 async fn reload_serves_the_new_certificate_to_new_connections_only() {
     let (dir, ca) = (TempDir::new("reload"), TestCa::new("reload"));
     let (old_cert, new_cert) = (ca.server_cert(), ca.server_cert());
-    let (_upstream, gateway, tls) = tls_gateway(&dir, &old_cert, "").await;
+    let upstream = FakeUpstream::start(Reply::json(200, r#"{"fulfilled":true}"#)).await;
+    let (cert_path, key_path) = old_cert.write(&dir, "server");
+    let config_path = dir.write(
+        "hookgate.toml",
+        one_route_config(&upstream.url("/hook"), &tls_keys(&cert_path, &key_path), ""),
+    );
+    let running = hookgate::Config::load(&config_path).expect("the test config loads");
+    let gateway = spawn_config(running.clone()).await;
+    let reloader = gateway.reloader(running);
+    let tls = gateway.tls.clone().expect("TLS is on");
 
     let mut before = TlsConn::connect(gateway.addr, client(&ca, &[b"http/1.1"])).await;
     assert_eq!(before.peer_cert, old_cert.der);
@@ -258,7 +274,7 @@ async fn reload_serves_the_new_certificate_to_new_connections_only() {
     );
 
     new_cert.write(&dir, "server");
-    tls.reload().expect("valid new certificate");
+    reloader.reload().expect("valid new certificate");
     assert_eq!(tls.certificate().cert[0], new_cert.der);
 
     // The keep-alive connection made before the reload goes on, with the old certificate.
@@ -276,13 +292,13 @@ async fn reload_serves_the_new_certificate_to_new_connections_only() {
 
     // An invalid new certificate is rejected; the current one keeps serving.
     dir.write("server.pem", "not a certificate\n");
-    let error = tls.reload().expect_err("empty chain");
+    let error = reloader.reload().expect_err("empty chain");
     let message = format!("{error:#}");
     assert!(message.contains(&dir.path("server.pem")), "{message}");
     assert!(message.contains("holds no certificate"), "{message}");
     // A valid certificate with someone else's key is rejected too.
     dir.write("server.pem", &old_cert.cert_pem);
-    let message = format!("{:#}", tls.reload().expect_err("mismatched key"));
+    let message = format!("{:#}", reloader.reload().expect_err("mismatched key"));
     assert!(message.contains("does not match"), "{message}");
     let mut still = TlsConn::connect(gateway.addr, client(&ca, &[b"h2"])).await;
     assert_eq!(still.peer_cert, new_cert.der);
@@ -688,7 +704,7 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
     let (cert, key) = old_cert.write(&dir, "server");
     let config = one_route_config(&upstream.url("/hook"), &tls_keys(&cert, &key), "");
     let path = dir.write("config.toml", config);
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&path)
         .args(["--log-format", "json"])
@@ -696,6 +712,7 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start hookgate");
+    let mut child = KillOnDrop(child);
     let lines = log_lines(&mut child);
     let listening = wait_for_log(&lines, "with the listen address", |l| {
         l["listen"].is_string()

@@ -58,7 +58,7 @@ pub async fn run(
 }
 
 /// Like [`run`], with the gateway and the TLS side built by the caller, who keeps it to reload the
-/// certificate ([`TlsTerminator::reload`]), and the gateway behind an [`ArcSwap`] that a
+/// certificate ([`reload::Reloader`]), and the gateway behind an [`ArcSwap`] that a
 /// config reload replaces: each request loads the current gateway once and keeps it to the
 /// end, so no request ever sees half of one config and half of another. `None` serves plain
 /// HTTP whatever `server.tls` says.

@@ -2,7 +2,8 @@
 //! become a rustls `ServerConfig` that offers TLS 1.2 and 1.3 only, with ALPN `h2` and
 //! `http/1.1` so that `auto::Builder` gets HTTP/2 over TLS. The handshake runs in each
 //! connection's own task under a timeout ([`TlsTerminator::accept`]), and the certificate can
-//! be swapped while serving ([`TlsTerminator::reload`], on SIGHUP).
+//! be swapped while serving ([`TlsTerminator::prepare`], then [`TlsTerminator::install`], by
+//! the SIGHUP reload in [`super::reload`]).
 //!
 //! The PEM readers here are also used for upstream TLS files (`ca`, `client_cert`,
 //! `client_key`), both when the config is validated and when the upstream clients are built.
@@ -249,8 +250,6 @@ pub struct TlsTerminator {
     acceptor: TlsAcceptor,
     config: Arc<rustls::ServerConfig>,
     cert: Arc<CertSlot>,
-    /// Where the serving certificate comes from (re-read by [`TlsTerminator::reload`]).
-    source: TlsConfig,
     provider: Arc<CryptoProvider>,
     handshake_timeout: Duration,
 }
@@ -292,7 +291,6 @@ impl TlsTerminator {
             acceptor: TlsAcceptor::from(Arc::clone(&config)),
             config,
             cert,
-            source: tls.clone(),
             provider,
             handshake_timeout,
         })
@@ -311,27 +309,6 @@ impl TlsTerminator {
                 "TLS handshake timed out",
             )),
         }
-    }
-
-    /// Re-reads the certificate and key files and, if they are usable together, serves them
-    /// to new connections; open connections keep the certificate they started with. On error
-    /// nothing changes: the previous certificate keeps serving. A self-signed certificate is
-    /// kept as it is (there is nothing to re-read).
-    ///
-    /// # Errors
-    /// If the new files cannot be used (the message names the file); the caller logs it.
-    pub fn reload(&self) -> anyhow::Result<()> {
-        let prepared = self
-            .prepare(&self.source)
-            .context("certificate reload rejected; the previous certificate is kept")?;
-        match prepared {
-            Some(certified) => {
-                self.install(certified);
-                tracing::info!("certificates reloaded");
-            }
-            None => tracing::info!("self-signed certificate: nothing to reload"),
-        }
-        Ok(())
     }
 
     /// Loads the certificate `tls` names (a config being reloaded), without serving it:
@@ -368,7 +345,6 @@ impl TlsTerminator {
 impl std::fmt::Debug for TlsTerminator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsTerminator")
-            .field("source", &self.source)
             .field("handshake_timeout", &self.handshake_timeout)
             .finish_non_exhaustive()
     }
@@ -424,7 +400,8 @@ mod tests {
         let tls = TlsTerminator::from_config(&TlsConfig::SelfSigned, Duration::from_secs(1))
             .expect("self-signed");
         let before = tls.certificate();
-        tls.reload().expect("no-op reload");
+        let prepared = tls.prepare(&TlsConfig::SelfSigned).expect("no-op reload");
+        assert!(prepared.is_none(), "nothing to install");
         assert_eq!(before.cert, tls.certificate().cert);
     }
 

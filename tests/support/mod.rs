@@ -266,6 +266,10 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     /// The running gateway's state, for tests that must observe it.
     pub gateway: Arc<hookgate::pipeline::Gateway>,
+    /// The TLS side, with `[server.tls]`.
+    pub tls: Option<Arc<hookgate::server::tls::TlsTerminator>>,
+    /// What a reload swaps: the gateway the listeners serve.
+    serving: Arc<arc_swap::ArcSwap<hookgate::pipeline::Gateway>>,
     shutdown_tx: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -274,6 +278,16 @@ impl TestGateway {
     /// `http://127.0.0.1:PORT/path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The reloader `hookgate serve` would have for this gateway: SIGHUP's code path.
+    /// `running` is the config it was started with, loaded from the file to re-read.
+    pub fn reloader(&self, running: hookgate::Config) -> hookgate::server::reload::Reloader {
+        hookgate::server::reload::Reloader::new(
+            running,
+            Arc::clone(&self.serving),
+            self.tls.clone(),
+        )
     }
 
     /// Triggers shutdown and waits (bounded) for `run` to return.
@@ -293,6 +307,31 @@ impl Drop for TestGateway {
         if let Some(tx) = self.shutdown_tx.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// A spawned `hookgate` (or any child) that is killed if the test fails before stopping it,
+/// so a failed test leaves no gateway running (holding its port and the test's stdout).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Already exited (the test waited for it): both are harmless no-ops then.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -328,15 +367,17 @@ pub async fn spawn_config(config: hookgate::Config) -> TestGateway {
     let gateway = Arc::new(hookgate::pipeline::Gateway::from_config(&config).expect("gateway"));
     let tls =
         hookgate::server::tls::TlsTerminator::for_server(&config.server).expect("the TLS cert");
+    let serving = Arc::new(arc_swap::ArcSwap::new(Arc::clone(&gateway)));
     let task = tokio::spawn({
-        let gateway = Arc::new(arc_swap::ArcSwap::new(Arc::clone(&gateway)));
+        let serving = Arc::clone(&serving);
+        let tls = tls.clone();
         async move {
             let shutdown = async {
                 let _ = shutdown_rx.await;
             };
             hookgate::server::workers::serve_workers(
                 listeners,
-                gateway,
+                serving,
                 &config.server,
                 tls,
                 shutdown,
@@ -347,6 +388,8 @@ pub async fn spawn_config(config: hookgate::Config) -> TestGateway {
     TestGateway {
         addr,
         gateway,
+        tls,
+        serving,
         shutdown_tx: Some(shutdown_tx),
         task: Some(task),
     }
@@ -1018,37 +1061,12 @@ impl FakeUpstream {
     }
 }
 
-/// Serves `config` (which has `[server.tls]`) on 127.0.0.1:0, returning the TLS side too so
-/// the test can reload the certificate as SIGHUP would.
+/// Serves `config` (which has `[server.tls]`) on 127.0.0.1:0 through the workers, as the
+/// binary does, returning the TLS side too so the test can see the certificate it serves.
 pub async fn spawn_tls_config(
     config: hookgate::Config,
 ) -> (TestGateway, Arc<hookgate::server::tls::TlsTerminator>) {
-    let tls = hookgate::server::tls::TlsTerminator::for_server(&config.server)
-        .expect("TLS material loads")
-        .expect("config has [server.tls]");
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind gateway");
-    let addr = listener.local_addr().expect("gateway addr");
-    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let gateway = Arc::new(hookgate::pipeline::Gateway::from_config(&config).expect("gateway"));
-    let task = tokio::spawn({
-        let gateway = Arc::clone(&gateway);
-        let tls = Arc::clone(&tls);
-        async move {
-            let shutdown = async {
-                let _ = shutdown_rx.await;
-            };
-            let gateway = Arc::new(arc_swap::ArcSwap::new(gateway));
-            hookgate::server::serve_with_tls(listener, gateway, &config.server, Some(tls), shutdown)
-                .await
-        }
-    });
-    let gateway = TestGateway {
-        addr,
-        gateway,
-        shutdown_tx: Some(shutdown_tx),
-        task: Some(task),
-    };
+    let gateway = spawn_config(config).await;
+    let tls = gateway.tls.clone().expect("config has [server.tls]");
     (gateway, tls)
 }
