@@ -54,6 +54,13 @@ const UPSTREAM_BODY: &[u8] = b"{\"ok\":true}\n";
 const NONCE: u64 = 17_326_841;
 
 fn main() -> anyhow::Result<()> {
+    // As `hookgate serve` does (src/main.rs): no transparent huge pages, so that the store's
+    // tables, reserved at full size, become resident only as records fill them.
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
