@@ -751,6 +751,31 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// `hookgate check` parses `[server.tls]` and checks that the key belongs to the certificate,
+/// as it does for an upstream's `client_cert`: a mismatched pair fails the check (exit 78,
+/// naming the key and the file), not the server's start.
+#[test]
+fn check_rejects_a_server_key_that_does_not_match_its_certificate() {
+    let (dir, ca) = (
+        TempDir::new("check-mismatch"),
+        TestCa::new("check-mismatch"),
+    );
+    let (cert, _) = ca.server_cert().write(&dir, "server");
+    let (_, other_key) = ca.server_cert().write(&dir, "other");
+    let config = one_route_config("http://127.0.0.1:9/hook", &tls_keys(&cert, &other_key), "");
+    let path = dir.write("config.toml", config);
+    let output = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run hookgate");
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("server.tls.key"), "stderr: {stderr}");
+    assert!(stderr.contains("does not match"), "stderr: {stderr}");
+    assert!(stderr.contains(&other_key), "stderr: {stderr}");
+}
+
 #[test]
 fn serve_refuses_to_start_with_an_empty_certificate_chain() {
     let (dir, ca) = (TempDir::new("bin-startup"), TestCa::new("bin-startup"));

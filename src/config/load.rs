@@ -490,9 +490,12 @@ upstreams = ["crm", "billing"]
     fn full_config_loads_every_key() {
         let dir = std::env::temp_dir().join(format!("hookgate-config-full-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("certs")).expect("temp dir");
-        for file in ["cert.pem", "key.pem"] {
-            std::fs::write(dir.join("certs").join(file), "pem").expect("write pem");
-        }
+        // A real pair: validation parses [server.tls] and checks the key matches.
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("a self-signed pair");
+        std::fs::write(dir.join("certs/cert.pem"), pair.cert.pem()).expect("write cert");
+        std::fs::write(dir.join("certs/key.pem"), pair.signing_key.serialize_pem())
+            .expect("write key");
         let env: HashMap<&str, &str> = full_env().into_iter().collect();
         let lookup = |name: &str| {
             env.get(name)

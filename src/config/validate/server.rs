@@ -1,7 +1,7 @@
 //! `[server]` (with `[server.tls]`), `[admin]`, `[dedup]` and `[rate_limit]`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use http::StatusCode;
 
@@ -11,6 +11,7 @@ use crate::config::{
     defaults, limits, AdminConfig, Cidr, DedupBackend, DedupConfig, RateLimitConfig, Secret,
     ServerConfig, TlsConfig,
 };
+use crate::server::tls;
 
 impl Validator<'_> {
     pub(super) fn server(&mut self, raw: RawServer) -> ServerConfig {
@@ -123,10 +124,12 @@ impl Validator<'_> {
                 );
                 None
             }
-            (Some(cert), Some(tls_key), false) => Some(TlsConfig::Files {
-                cert: self.existing_file(&key.key("cert"), &cert),
-                key: self.existing_file(&key.key("key"), &tls_key),
-            }),
+            (Some(cert), Some(tls_key), false) => {
+                let cert = self.existing_file(&key.key("cert"), &cert);
+                let tls_key = self.existing_file(&key.key("key"), &tls_key);
+                self.usable_certificate(key, &cert, &tls_key);
+                Some(TlsConfig::Files { cert, key: tls_key })
+            }
             (Some(_), None, false) => {
                 self.problem(&key.key("key"), "is required with `cert`");
                 None
@@ -143,6 +146,20 @@ impl Validator<'_> {
                 );
                 None
             }
+        }
+    }
+
+    /// Parses the certificate chain and key and checks that they belong together, as an
+    /// upstream's `client_cert` is checked: `hookgate check` then catches a wrong or
+    /// mismatched file, not the server's start or a reload. Only once both files exist
+    /// (a missing one is already a problem of its own).
+    fn usable_certificate(&mut self, tls: &KeyPath, cert: &Path, key: &Path) {
+        if !(cert.is_file() && key.is_file()) {
+            return;
+        }
+        if let Err(error) = tls::read_certified_key(cert, key, &tls::provider()) {
+            let at = if error.path() == cert { "cert" } else { "key" };
+            self.problem(&tls.key(at), error.to_string());
         }
     }
 
