@@ -389,3 +389,77 @@ async fn a_sender_still_writing_an_oversized_body_reads_its_413() {
     conn.expect_closed().await;
     assert_eq!(upstream.count(), 0);
 }
+
+/// Sends one POST on an open h2 connection and returns its status.
+async fn h2_post(
+    streams: &mut h2::client::SendRequest<bytes::Bytes>,
+    url: &str,
+    body: bytes::Bytes,
+) -> u16 {
+    let ready = bounded(
+        "the h2 connection to take a stream",
+        streams.clone().ready(),
+    )
+    .await
+    .expect("the connection is still open");
+    *streams = ready;
+    let request = Request::post(url)
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (response, mut send) = streams.send_request(request, false).expect("open a stream");
+    send.send_data(body, true).expect("send the body");
+    let response = bounded("an h2 answer", response).await.expect("an answer");
+    response.status().as_u16()
+}
+
+/// An HTTP/2 client that keeps an idle connection alive with PINGs (as Go's and others'
+/// health checks do) is idle, not sending a request head: its connection lasts until
+/// `idle_timeout`, not `header_timeout`, and PINGs do not stretch `idle_timeout` either.
+#[tokio::test]
+async fn h2_pings_on_an_idle_connection_are_timed_by_idle_timeout() {
+    let upstream = FakeUpstream::start(Reply::status(200)).await;
+    let server = "header_timeout = \"300ms\"\nidle_timeout = \"3s\"";
+    let gateway = spawn_gateway(&one_route_config(&upstream.url("/hook"), server, "")).await;
+    let tcp = bounded("connect", TcpStream::connect(gateway.addr))
+        .await
+        .expect("connect to the gateway");
+    let (mut streams, mut connection) = bounded("the h2c handshake", h2::client::handshake(tcp))
+        .await
+        .expect("h2c handshake");
+    let mut ping_pong = connection.ping_pong().expect("the ping handle");
+    let connection = tokio::spawn(connection);
+    let url = gateway.url(FP);
+    assert_eq!(
+        h2_post(&mut streams, &url, event(json!(1), "lead_signup")).await,
+        200
+    );
+
+    // A setup step, not a timing assertion: ping for well past header_timeout and well within
+    // idle_timeout. Each PING's ACK proves the connection is still served.
+    let pinging = tokio::time::Instant::now();
+    while pinging.elapsed() < Duration::from_millis(1200) {
+        bounded("a PING ACK", ping_pong.ping(h2::Ping::opaque()))
+            .await
+            .expect("the idle connection answers its PING");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        h2_post(&mut streams, &url, event(json!(2), "lead_signup")).await,
+        200,
+        "the pinged connection was kept"
+    );
+
+    // Pinging on, with no request: closed after idle_timeout all the same (bounded wait).
+    let closed = bounded("the gateway to close the idle h2 connection", async {
+        loop {
+            if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    closed.await;
+    let _ = bounded("the client connection task to end", connection).await;
+    assert_eq!(upstream.count(), 2);
+}

@@ -9,10 +9,15 @@
 //! watchdog runs both timers from what the connection shows: bytes read and written (through
 //! [`Watched`]) and requests in progress (through [`RequestGuard`]). While a request is in
 //! progress neither timer runs: the body has `body_timeout`, the forward its own timeouts.
+//!
+//! HTTP/2 is told apart by its connection preface. There, bytes between requests are not the
+//! start of a head: a client keeps an idle connection alive with PINGs and window updates. On
+//! an HTTP/2 connection only the first head is timed (from the accept), and `idle_timeout`
+//! runs from the end of the last request, whatever frames come meanwhile.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,6 +27,8 @@ use tokio::time::Instant;
 
 /// No request head has started since the last request.
 const NO_HEAD: u64 = u64::MAX;
+/// What an HTTP/2 client sends first (RFC 9113, section 3.4), with or without TLS.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What one connection has been doing, in milliseconds since it was accepted.
 #[derive(Debug)]
@@ -30,6 +37,8 @@ pub struct Activity {
     last_io_ms: AtomicU64,
     head_started_ms: AtomicU64,
     requests: AtomicUsize,
+    /// HTTP/2: reads and writes between requests are not activity (see the module docs).
+    multiplexed: AtomicBool,
 }
 
 /// Which timer closed a connection.
@@ -49,6 +58,7 @@ impl Activity {
             last_io_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
             requests: AtomicUsize::new(0),
+            multiplexed: AtomicBool::new(false),
         })
     }
 
@@ -57,6 +67,9 @@ impl Activity {
     }
 
     fn on_read(&self) {
+        if self.multiplexed.load(Ordering::Relaxed) {
+            return;
+        }
         let now = self.now_ms();
         self.last_io_ms.store(now, Ordering::Relaxed);
         if self.requests.load(Ordering::Acquire) == 0 {
@@ -71,7 +84,15 @@ impl Activity {
     }
 
     fn on_write(&self) {
+        if !self.multiplexed.load(Ordering::Relaxed) {
+            self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    fn request_ended(&self) {
+        // Idle from here, on either protocol.
         self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.requests.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// A request head is complete and the request is being handled; the guard ends it.
@@ -115,8 +136,7 @@ pub struct RequestGuard(Arc<Activity>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.0.on_write();
-        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+        self.0.request_ended();
     }
 }
 
@@ -125,12 +145,35 @@ impl Drop for RequestGuard {
 pub struct Watched<T> {
     inner: T,
     activity: Arc<Activity>,
+    /// How much of [`H2_PREFACE`] the first bytes matched; `None` once decided.
+    preface_matched: Option<usize>,
 }
 
 impl<T> Watched<T> {
     /// Wraps `inner`.
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+        Self {
+            inner,
+            activity,
+            preface_matched: Some(0),
+        }
+    }
+
+    /// Follows the connection's first bytes until they are or are not the HTTP/2 preface.
+    fn look_for_preface(&mut self, read: &[u8]) {
+        let Some(matched) = self.preface_matched else {
+            return;
+        };
+        let expected = &H2_PREFACE[matched..];
+        let compared = read.len().min(expected.len());
+        if read[..compared] != expected[..compared] {
+            self.preface_matched = None;
+        } else if matched + compared == H2_PREFACE.len() {
+            self.activity.multiplexed.store(true, Ordering::Relaxed);
+            self.preface_matched = None;
+        } else {
+            self.preface_matched = Some(matched + compared);
+        }
     }
 }
 
@@ -143,6 +186,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.look_for_preface(&buf.filled()[before..]);
             self.activity.on_read();
         }
         polled
@@ -232,5 +276,34 @@ mod tests {
         let done = Instant::now();
         assert_eq!(activity.expired(HEAD, IDLE).await, Expiry::Idle);
         assert_eq!(done.elapsed(), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_frames_between_requests_do_not_start_a_head_or_stretch_idle() {
+        let activity = Activity::accepted();
+        let mut watched = Watched::new(tokio::io::empty(), Arc::clone(&activity));
+        // The preface may arrive in pieces.
+        watched.look_for_preface(&H2_PREFACE[..5]);
+        watched.look_for_preface(&H2_PREFACE[5..]);
+        drop(activity.request_started());
+        let idle_since = Instant::now();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        activity.on_read(); // a PING
+        activity.on_write(); // its ACK
+        assert_eq!(activity.expired(HEAD, IDLE).await, Expiry::Idle);
+        assert_eq!(idle_since.elapsed(), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn anything_else_is_http1_whose_next_byte_starts_a_head() {
+        let activity = Activity::accepted();
+        let mut watched = Watched::new(tokio::io::empty(), Arc::clone(&activity));
+        watched.look_for_preface(b"POST /fp HTTP/1.1\r\n");
+        assert_eq!(watched.preface_matched, None);
+        drop(activity.request_started());
+        activity.on_read();
+        let first_byte = Instant::now();
+        assert_eq!(activity.expired(HEAD, IDLE).await, Expiry::Head);
+        assert_eq!(first_byte.elapsed(), HEAD);
     }
 }
