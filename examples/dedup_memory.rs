@@ -242,7 +242,7 @@ fn upstream_target(address: SocketAddr) -> anyhow::Result<UpstreamTarget> {
         ca: None,
         client_cert: None,
     };
-    let client = Clients::from_config(std::slice::from_ref(&config), 1)?
+    let client = Clients::from_config(std::slice::from_ref(&config), 1, None)?
         .for_upstream(&config)
         .clone();
     UpstreamTarget::new(config, client, Arc::new(Metrics::new()))

@@ -62,6 +62,11 @@ impl WorkerClients {
         )
     }
 
+    /// Whether `other` is these very pools (a clone), not pools built alike.
+    pub fn same_pools(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The calling worker's client (see [`set_worker_index`]).
     pub fn current(&self) -> &HttpClient {
         let index = WORKER_INDEX.with(Cell::get);
@@ -85,13 +90,20 @@ pub struct Clients {
 
 impl Clients {
     /// The default clients plus those of each upstream that sets `ca` or `client_cert`,
-    /// each with one pool per worker thread.
+    /// each with one pool per worker thread. On a reload, `previous` are the running
+    /// gateway's clients: their default pools are kept, with their warm connections (their
+    /// settings cannot change); an upstream's own clients are built anew, since a reload
+    /// must re-read its `ca` and `client_cert` files.
     ///
     /// # Errors
     /// If an upstream's TLS files cannot be used (they were checked when the config was
     /// loaded, so only if they changed since), naming the upstream and the file; or if the TLS
     /// provider offers no usable protocol versions (a build problem, not input).
-    pub fn from_config(upstreams: &[Upstream], workers: usize) -> anyhow::Result<Self> {
+    pub fn from_config(
+        upstreams: &[Upstream],
+        workers: usize,
+        previous: Option<&Clients>,
+    ) -> anyhow::Result<Self> {
         let mut dedicated = HashMap::new();
         for upstream in upstreams {
             if let Some(config) =
@@ -104,13 +116,16 @@ impl Clients {
                 );
             }
         }
-        let default = connector(
-            HttpsConnectorBuilder::new().with_provider_and_webpki_roots(tls::provider())?,
-        );
-        Ok(Self {
-            default: WorkerClients::new(&default, workers),
-            dedicated,
-        })
+        let default = match previous {
+            Some(previous) => previous.default.clone(),
+            None => WorkerClients::new(
+                &connector(
+                    HttpsConnectorBuilder::new().with_provider_and_webpki_roots(tls::provider())?,
+                ),
+                workers,
+            ),
+        };
+        Ok(Self { default, dedicated })
     }
 
     /// The clients to forward to `upstream` with (one of those [`Clients::from_config`] was

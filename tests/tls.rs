@@ -545,7 +545,8 @@ fn upstream_tls_keys(ca: Option<&str>, client: Option<(&str, &str)>) -> String {
 /// pipeline, so the client choice itself is pinned).
 async fn direct_status(upstream: &FakeUpstream, keys: &str) -> Result<u16, String> {
     let config = load(&one_route_config(&upstream.https_url("/hook"), "", keys));
-    let clients = hookgate::upstream::Clients::from_config(&config.upstreams, 1).expect("clients");
+    let clients =
+        hookgate::upstream::Clients::from_config(&config.upstreams, 1, None).expect("clients");
     let client = clients.for_upstream(&config.upstreams[0]).current();
     let request = Request::post(upstream.https_url("/hook"))
         .body(Full::new(Bytes::from_static(b"{}")))

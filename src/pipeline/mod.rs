@@ -44,6 +44,8 @@ pub struct Gateway {
     sources_by_path: HashMap<String, SourceEntry>,
     router: Router,
     upstreams: Vec<Arc<UpstreamTarget>>,
+    /// The upstream clients, kept so that a reload can keep their warm pools.
+    clients: Clients,
     dedup: Arc<Dedup>,
     dedup_config: DedupConfig,
     inbound: Arc<rate_limit::InboundLimits>,
@@ -141,7 +143,11 @@ impl Gateway {
             };
             sources_by_path.insert(source.path.clone(), entry);
         }
-        let clients = Clients::from_config(&config.upstreams, config.server.workers)?;
+        let clients = Clients::from_config(
+            &config.upstreams,
+            config.server.workers,
+            previous.map(|old| &old.clients),
+        )?;
         let upstreams = config
             .upstreams
             .iter()
@@ -171,6 +177,7 @@ impl Gateway {
             sources_by_path,
             router: Router::new(config.routes.clone()),
             upstreams,
+            clients,
             dedup,
             // What runs keeps running: a reloaded gateway keeps the dedup settings it runs on.
             dedup_config: previous
@@ -490,7 +497,48 @@ pub(crate) fn test_headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
 
 #[cfg(test)]
 mod tests {
-    use super::UpstreamNames;
+    use super::{Gateway, UpstreamNames};
+    use crate::Config;
+
+    /// A reload keeps the shared pools (and their warm connections) but builds an upstream's
+    /// own clients anew, so that its `ca` file is read again.
+    #[test]
+    fn a_reload_keeps_the_shared_pools_and_rebuilds_private_tls_ones() {
+        let dir = std::env::temp_dir().join(format!("hookgate-pools-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ca = rcgen::generate_simple_self_signed(vec!["upstream.test".to_owned()])
+            .expect("a certificate");
+        std::fs::write(dir.join("ca.pem"), ca.cert.pem()).expect("write ca");
+        let text = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[sources]]
+name = "fp"
+path = "/fp"
+
+[upstreams.plain]
+url = "http://127.0.0.1:9/hook"
+
+[upstreams.private]
+url = "https://upstream.test/hook"
+ca = "ca.pem"
+
+[[routes]]
+event_type = "*"
+upstreams = ["plain", "private"]
+"#;
+        let loaded = Config::from_toml_str(text, &dir.join("config.toml"));
+        let config = loaded.unwrap_or_else(|error| panic!("{error}"));
+        let running = Gateway::from_config(&config).expect("gateway");
+        let reloaded = running.reload(&config).expect("reload");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        let pools = |gateway: &Gateway, name: &str| {
+            gateway.upstream(name).expect("configured").client.clone()
+        };
+        assert!(pools(&reloaded, "plain").same_pools(&pools(&running, "plain")));
+        assert!(!pools(&reloaded, "private").same_pools(&pools(&running, "private")));
+    }
 
     #[test]
     fn upstream_names_are_joined_in_route_order() {

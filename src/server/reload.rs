@@ -7,6 +7,9 @@
 //! logged as such): the listen addresses, turning TLS on or off, and connection-level
 //! settings (`max_connections`, `header_timeout`, `idle_timeout`, `shutdown_timeout`), as
 //! well as `[dedup]` (the running store is kept: records survive a reload).
+//!
+//! The shared upstream connection pools survive a reload with their warm connections; an
+//! upstream with its own `ca` or `client_cert` gets new clients, so its files are re-read.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
