@@ -3,7 +3,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -13,28 +13,6 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_hookgate");
 
 /// A scratch directory for config files, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hookgate-cli-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn write(&self, file: &str, text: &str) -> PathBuf {
-        let path = self.0.join(file);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn hookgate(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)
@@ -82,7 +60,7 @@ fn check_accepts_the_shipped_config_and_prints_the_route_table() {
 /// the exit status is 78 (EX_CONFIG).
 #[test]
 fn check_names_file_key_and_reason_for_each_invalid_config() {
-    let scratch = Scratch::new("invalid");
+    let scratch = TempDir::new("invalid");
     let cases: [(&str, &str, &str, &str); 9] = [
         (
             "unknown key",
@@ -144,7 +122,7 @@ fn check_names_file_key_and_reason_for_each_invalid_config() {
             VALID.contains(old),
             "{what}: {old:?} not in the base config"
         );
-        let path = scratch.write("hookgate.toml", &VALID.replacen(old, new, 1));
+        let path = scratch.write("hookgate.toml", VALID.replacen(old, new, 1));
         let out = hookgate(&["check", "--config", path.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(78), "{what}: {stderr}");
@@ -163,10 +141,10 @@ fn check_names_file_key_and_reason_for_each_invalid_config() {
 /// The reasons are specific, not just "invalid".
 #[test]
 fn check_explains_why() {
-    let scratch = Scratch::new("why");
+    let scratch = TempDir::new("why");
     let path = scratch.write(
         "c.toml",
-        &VALID
+        VALID
             .replacen("[server]\n", "[server]\nunrouted_status = 200\n", 1)
             .replacen("upstream = \"app\"", "upstream = \"billing\"", 1),
     );
@@ -198,7 +176,7 @@ fn a_missing_config_file_is_named() {
 /// subcommand.
 #[test]
 fn hookgate_config_env_and_global_flags() {
-    let scratch = Scratch::new("env");
+    let scratch = TempDir::new("env");
     let path = scratch.write("from-env.toml", VALID);
     for args in [
         &["check", "--log-format", "json"][..],
@@ -221,10 +199,10 @@ fn hookgate_config_env_and_global_flags() {
 /// `serve` refuses an invalid config before binding anything.
 #[test]
 fn serve_refuses_an_invalid_config() {
-    let scratch = Scratch::new("serve-invalid");
+    let scratch = TempDir::new("serve-invalid");
     let path = scratch.write(
         "c.toml",
-        &VALID.replacen("[server]\n", "[server]\nbogus = 1\n", 1),
+        VALID.replacen("[server]\n", "[server]\nbogus = 1\n", 1),
     );
     let out = hookgate(&["serve", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(78));
@@ -235,7 +213,7 @@ fn serve_refuses_an_invalid_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_round_trip_then_sigterm_exits_zero() {
     let upstream = FakeUpstream::start(Reply::json(200, r#"{"fulfilled":true}"#)).await;
-    let scratch = Scratch::new("serve");
+    let scratch = TempDir::new("serve");
     let config = VALID.replace("http://127.0.0.1:9/hook", &upstream.url("/hook"));
     let path = scratch.write("c.toml", &config);
     let (mut child, addr) = serve_binary(&path);
@@ -295,7 +273,7 @@ fn serve_binary_counting_events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_runs_the_configured_workers() {
     let upstream = FakeUpstream::start(Reply::json(200, r#"{"fulfilled":true}"#)).await;
-    let scratch = Scratch::new("workers");
+    let scratch = TempDir::new("workers");
     let config = VALID
         .replace("http://127.0.0.1:9/hook", &upstream.url("/hook"))
         .replace("[server]\n", "[server]\nworkers = 3\n");

@@ -57,14 +57,6 @@ fn retry_after(answer: &Answer) -> u64 {
     secs
 }
 
-/// The `error` message of a JSON error answer.
-fn error_message(answer: &Answer) -> String {
-    answer.json()["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no \"error\" in {}", answer.text()))
-        .to_owned()
-}
-
 /// Posts `body` (from the same client) until the answer is not 429, bounded by [`STEP`]:
 /// waits out the refill without assuming how long it takes.
 async fn post_until_admitted(sender: &Sender, url: &str, body: bytes::Bytes) -> Answer {
@@ -479,22 +471,10 @@ async fn inbound_limits_come_after_size_and_before_verification() {
 /// skips without it.
 #[tokio::test]
 async fn with_redis_a_limited_forward_releases_its_claim_and_replays_skip_the_limit() {
-    let Some(redis_url) = std::env::var("HOOKGATE_TEST_REDIS")
-        .ok()
-        .filter(|url| !url.is_empty())
-    else {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipping a Redis test: HOOKGATE_TEST_REDIS is not set (e.g. redis://127.0.0.1:6379)"
-        );
+    let Some(redis_url) = test_redis_url() else {
         return;
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let prefix = format!("hookgate-test-rate-limit-{}-{nanos}", std::process::id());
+    let prefix = unique_redis_prefix("rate-limit");
     let upstream = FakeUpstream::start(Reply::json(200, "recorded")).await;
     let dedup = format!(
         "[dedup]\nbackend = \"redis\"\nredis_url = \"{redis_url}\"\nkey_prefix = \"{prefix}\""

@@ -14,29 +14,6 @@ use support::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-fn redis_url() -> Option<String> {
-    let url = std::env::var("HOOKGATE_TEST_REDIS")
-        .ok()
-        .filter(|url| !url.is_empty());
-    if url.is_none() {
-        // Straight to stderr: the test harness captures eprintln!, and a skip must be seen.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipping a Redis test: HOOKGATE_TEST_REDIS is not set (e.g. redis://127.0.0.1:6379)"
-        );
-    }
-    url
-}
-
-fn unique_prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("hookgate-test-{test}-{}-{nanos}", std::process::id())
-}
-
 /// One replica's config: source `/fp`, every event to `upstream_url`, records in Redis.
 fn replica_config(
     upstream_url: &str,
@@ -75,8 +52,8 @@ async fn two_replicas(
     upstream: &FakeUpstream,
     test: &str,
 ) -> Option<(TestGateway, TestGateway, String)> {
-    let url = redis_url()?;
-    let prefix = unique_prefix(test);
+    let url = test_redis_url()?;
+    let prefix = unique_redis_prefix(test);
     let config = replica_config(&upstream.url("/hook"), &url, &prefix, "5s");
     Some((
         spawn_gateway(&config).await,
@@ -182,9 +159,9 @@ async fn a_waiter_on_another_replica_gets_503_when_the_forward_fails() {
 /// only until it expires; the waiter then gets 503 and the retry is forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_replicas_claim_expires() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = test_redis_url() else { return };
     let upstream = FakeUpstream::start(Reply::status(200)).await;
-    let prefix = unique_prefix("crashed");
+    let prefix = unique_redis_prefix("crashed");
     let gateway = spawn_gateway(&replica_config(&upstream.url("/hook"), &url, &prefix, "5s")).await;
 
     let (_, claim_key) =
@@ -247,7 +224,7 @@ async fn an_unreachable_redis_gives_503_and_forwards_nothing() {
 /// its local copy, while a new event gets 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_copy_replays_while_redis_is_down() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = test_redis_url() else { return };
     let target: SocketAddr = url
         .trim_start_matches("redis://")
         .trim_end_matches('/')
@@ -258,7 +235,7 @@ async fn a_local_copy_replays_while_redis_is_down() {
     let config = replica_config(
         &upstream.url("/hook"),
         &format!("redis://{}", proxy.addr),
-        &unique_prefix("local-copy"),
+        &unique_redis_prefix("local-copy"),
         "5s",
     );
     let gateway = spawn_gateway(&config).await;

@@ -28,23 +28,6 @@ async fn setup(
     (upstream, gateway)
 }
 
-/// A JSON error answer `{"error": "..."}`; returns the message.
-fn error_message(answer: &Answer) -> String {
-    assert_eq!(
-        answer
-            .headers
-            .get("content-type")
-            .map(|v| v.to_str().unwrap()),
-        Some("application/json"),
-        "error answers are JSON: {}",
-        answer.text()
-    );
-    answer.json()["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no \"error\" string in {}", answer.text()))
-        .to_owned()
-}
-
 fn content_type(answer: &Answer) -> Option<&str> {
     answer
         .headers

@@ -1070,3 +1070,46 @@ pub async fn spawn_tls_config(
     let tls = gateway.tls.clone().expect("config has [server.tls]");
     (gateway, tls)
 }
+
+/// `HOOKGATE_TEST_REDIS`, the Redis that tests needing one use; `None` (with a notice on
+/// stderr that the test is skipped) when it is not set. CI sets it: there they run.
+pub fn test_redis_url() -> Option<String> {
+    let url = std::env::var("HOOKGATE_TEST_REDIS")
+        .ok()
+        .filter(|url| !url.is_empty());
+    if url.is_none() {
+        // Straight to stderr: the test harness captures eprintln!, and a skip must be seen.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping a Redis test: HOOKGATE_TEST_REDIS is not set (e.g. redis://127.0.0.1:6379)"
+        );
+    }
+    url
+}
+
+/// A key prefix no other test run shares, so that tests on one Redis stay apart.
+pub fn unique_redis_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_nanos();
+    format!("hookgate-test-{test}-{}-{nanos}", std::process::id())
+}
+
+/// The message of a JSON error answer `{"error": "..."}`; fails unless it is one.
+pub fn error_message(answer: &Answer) -> String {
+    assert_eq!(
+        answer
+            .headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("(not text)")),
+        Some("application/json"),
+        "error answers are JSON: {}",
+        answer.text()
+    );
+    answer.json()["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no \"error\" string in {}", answer.text()))
+        .to_owned()
+}
