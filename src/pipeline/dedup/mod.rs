@@ -98,7 +98,7 @@ impl Dedup {
     ///
     /// Each shard holds an equal share of `max_entries`, so a shard that fills before the
     /// others starts evicting a little early: after exactly 1,000,000 distinct events into a
-    /// store of 1,000,000, 995,557 were held (`examples/dedup_memory.rs`).
+    /// store of 1,000,000, 995,574 were held (`examples/dedup_memory.rs`).
     pub fn new(ttl: Duration, max_entries: u64) -> Self {
         let shard_count = max_entries.div_ceil(SHARD_CAPACITY).clamp(1, MAX_SHARDS);
         // The shards' capacities add up to exactly max_entries.
