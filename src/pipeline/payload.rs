@@ -20,8 +20,9 @@ use serde_json::Value;
 /// A validated JSON document, borrowed from the request body.
 #[derive(Debug, Clone)]
 pub struct Payload<'a> {
-    /// The whole document's text.
-    root: &'a str,
+    /// The whole document (valid JSON, so valid UTF-8), made text only when a lookup walks
+    /// it: with an object root, lookups start from `members` and never need it.
+    root: &'a [u8],
     /// The root object's members in document order; `None` if the root is not an object.
     members: Option<Vec<(Key<'a>, &'a RawValue)>>,
 }
@@ -37,40 +38,38 @@ impl<'a> Payload<'a> {
         if !is_object {
             let root: &'a RawValue = serde_json::from_slice(body)?;
             return Ok(Self {
-                root: root.get(),
+                root: root.get().as_bytes(),
                 members: None,
             });
         }
         let Members(members) = serde_json::from_slice(body)?;
-        // Valid JSON is valid UTF-8 (strings were checked; the rest is ASCII), so this
-        // cannot fail; the error is only there to avoid a panic path.
-        let root = std::str::from_utf8(body)
-            .map_err(serde::de::Error::custom)?
-            .trim_ascii();
         Ok(Self {
-            root,
+            root: body.trim_ascii(),
             members: Some(members),
         })
     }
 
     /// The value at JSON pointer `pointer` (RFC 6901), if there is one.
     pub fn get(&self, pointer: &str) -> Option<Value> {
-        let mut current = self.root;
-        if !pointer.is_empty() {
-            let mut tokens = pointer.strip_prefix('/')?.split('/');
-            let first = unescape(tokens.next()?);
-            current = match &self.members {
-                // Like `serde_json::Value`, the last of duplicate keys wins.
-                Some(members) => members
-                    .iter()
-                    .rev()
-                    .find(|(key, _)| key.0 == first)
-                    .map(|(_, value)| value.get())?,
-                None => child(current, &first)?,
-            };
-            for token in tokens {
-                current = child(current, &unescape(token))?;
-            }
+        // Valid JSON is valid UTF-8 (strings were checked; the rest is ASCII): this does not
+        // fail, and runs only for a lookup of the whole document or in a non-object root.
+        let root = || std::str::from_utf8(self.root).ok();
+        if pointer.is_empty() {
+            return serde_json::from_str(root()?).ok();
+        }
+        let mut tokens = pointer.strip_prefix('/')?.split('/');
+        let first = unescape(tokens.next()?);
+        let mut current = match &self.members {
+            // Like `serde_json::Value`, the last of duplicate keys wins.
+            Some(members) => members
+                .iter()
+                .rev()
+                .find(|(key, _)| key.0 == first)
+                .map(|(_, value)| value.get())?,
+            None => child(root()?, &first)?,
+        };
+        for token in tokens {
+            current = child(current, &unescape(token))?;
         }
         serde_json::from_str(current).ok()
     }
