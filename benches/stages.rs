@@ -24,7 +24,7 @@ use ring::hmac;
 
 use hookgate::config::{Config, Secret, Source};
 use hookgate::pipeline::authenticate::{now_unix, Authenticator};
-use hookgate::pipeline::dedup::{Claim, Dedup, DedupKey};
+use hookgate::pipeline::dedup::{Claim, Dedup};
 use hookgate::pipeline::forward::{Outcome, Record};
 use hookgate::pipeline::parse;
 use hookgate::pipeline::payload::Payload;
@@ -221,14 +221,14 @@ fn bench_dedup(c: &mut Criterion, config: &Config) {
     let record = record_200();
 
     // Hit: the event was forwarded and answered 2xx before; its retry is replayed.
-    match dedup.claim(DedupKey::new(&source, &upstream, EVENT_ID)) {
+    match dedup.claim(&source, &upstream, EVENT_ID) {
         Claim::Leader(lease) => lease.complete(Arc::new(Outcome::Answered(Arc::clone(&record)))),
         _ => panic!("the first claim of the bench key must lead"),
     }
     let mut group = c.benchmark_group("stage");
     group.bench_function("dedup/hit", |b| {
         b.iter(
-            || match dedup.claim(DedupKey::new(&source, &upstream, black_box(EVENT_ID))) {
+            || match dedup.claim(&source, &upstream, black_box(EVENT_ID)) {
                 Claim::Recorded(record) => record,
                 _ => panic!("the bench key is recorded"),
             },
@@ -245,7 +245,7 @@ fn bench_dedup(c: &mut Criterion, config: &Config) {
                 let outcome = Arc::new(Outcome::Answered(Arc::clone(&record)));
                 (format!("fresh-{id}"), outcome)
             },
-            |(id, outcome)| match dedup.claim(DedupKey::new(&source, &upstream, &id)) {
+            |(id, outcome)| match dedup.claim(&source, &upstream, &id) {
                 Claim::Leader(lease) => lease.complete(outcome),
                 _ => panic!("a fresh bench id must lead"),
             },

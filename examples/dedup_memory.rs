@@ -28,7 +28,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use hookgate::config::{defaults, DedupBackend, DedupConfig, Upstream};
 use hookgate::metrics::Metrics;
-use hookgate::pipeline::dedup::{Claim, Dedup, DedupKey};
+use hookgate::pipeline::dedup::{Claim, Dedup};
 use hookgate::pipeline::forward::{forward, Delivery, Outcome, UpstreamTarget};
 use hookgate::pipeline::relay;
 use hookgate::upstream::Clients;
@@ -170,7 +170,7 @@ async fn record_one(
     source: &Arc<str>,
     event_id: &str,
 ) -> anyhow::Result<()> {
-    let Claim::Leader(lease) = dedup.claim(DedupKey::new(source, &target.name, event_id)) else {
+    let Claim::Leader(lease) = dedup.claim(source, &target.name, event_id) else {
         anyhow::bail!("event {event_id} is new, yet its claim did not lead");
     };
     let outcome = Arc::new(forward(target, &delivery(event_id)).await);

@@ -32,7 +32,7 @@ use crate::error::GatewayError;
 use crate::metrics::{Metrics, RequestOutcome, SourceCounters};
 use crate::upstream::Clients;
 use authenticate::Authenticator;
-use dedup::{Claim, Dedup, DedupKey, Lease, OutcomeRx};
+use dedup::{Claim, Dedup, Lease, OutcomeRx};
 use forward::{Delivery, Outcome, UpstreamTarget};
 use relay::Decision;
 use route::Router;
@@ -324,8 +324,7 @@ impl Gateway {
         let mut led = Vec::with_capacity(route.upstreams.len());
         for &index in &route.upstreams {
             let target = &self.upstreams[index];
-            let key = DedupKey::new(&source.name, &target.name, &event.id);
-            let claim = self.dedup.claim(key);
+            let claim = self.dedup.claim(&source.name, &target.name, &event.id);
             led.push(matches!(claim, Claim::Leader(_)));
             pending.push(match claim {
                 Claim::Recorded(record) => Pending::Ready(Arc::new(Outcome::Replayed(record))),

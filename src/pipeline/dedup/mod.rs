@@ -38,7 +38,7 @@ const SHARD_CAPACITY: u64 = 7_168;
 const MAX_SHARDS: u64 = 4096;
 
 /// Identifies one delivery target of one event.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct DedupKey {
     source: Arc<str>,
     upstream: Arc<str>,
@@ -118,11 +118,18 @@ impl Dedup {
         }
     }
 
-    /// Claims `key`: replay, wait, or lead the forward.
-    pub fn claim(self: &Arc<Self>, key: DedupKey) -> Claim {
-        let fingerprint = self.fingerprint(&key);
+    /// Claims `event_id` from `source` for `upstream`: replay, wait, or lead the forward.
+    /// Only a leader gets an owned [`DedupKey`] (for Redis); a replay or a wait allocates
+    /// no key.
+    pub fn claim(
+        self: &Arc<Self>,
+        source: &Arc<str>,
+        upstream: &Arc<str>,
+        event_id: &str,
+    ) -> Claim {
+        let fingerprint = self.fingerprint(source, upstream, event_id);
         let mut shard = self.lock_shard(fingerprint);
-        if let Some(answer) = shard.recorded(&fingerprint, self.now_ms()) {
+        if let Some(answer) = shard.recorded(&fingerprint, || self.now_ms()) {
             drop(shard);
             return Claim::Recorded(Arc::new(answer.unpack()));
         }
@@ -133,7 +140,7 @@ impl Dedup {
         shard.in_flight.insert(fingerprint, outcome_rx);
         Claim::Leader(Lease {
             dedup: Arc::clone(self),
-            key,
+            key: DedupKey::new(source, upstream, event_id),
             fingerprint,
             outcome_tx,
             released: false,
@@ -159,8 +166,9 @@ impl Dedup {
             .sum()
     }
 
-    fn fingerprint(&self, key: &DedupKey) -> Fingerprint {
-        let parts = (&*key.source, &*key.upstream, &*key.event_id);
+    fn fingerprint(&self, source: &str, upstream: &str, event_id: &str) -> Fingerprint {
+        // A tuple of strs hashes each with a terminator: names cannot run into each other.
+        let parts = (source, upstream, event_id);
         Fingerprint {
             table: self.fingerprints[0].hash_one(parts),
             shard: self.fingerprints[1].hash_one(parts),
@@ -214,20 +222,19 @@ impl Lease {
         // so it does not keep the buffer the answer was read into.
         let answer = match &*outcome {
             Outcome::Answered(record) if record.status.is_success() => {
-                let expires = self.dedup.now_ms().saturating_add(self.dedup.ttl_ms);
-                let packed = StoredAnswer::pack(record, expires);
+                let now = self.dedup.now_ms();
+                let packed = StoredAnswer::pack(record, now.saturating_add(self.dedup.ttl_ms));
                 if packed.is_none() {
                     tracing::error!("a 2xx answer is not recorded: its content-type is over 4 GiB");
                 }
-                packed
+                packed.map(|answer| (answer, now))
             }
             _ => None,
         };
-        let dedup = Arc::clone(&self.dedup);
         {
-            let mut shard = dedup.lock_shard(self.fingerprint);
-            if let Some(answer) = answer {
-                shard.record(self.fingerprint, answer, dedup.now_ms());
+            let mut shard = self.dedup.lock_shard(self.fingerprint);
+            if let Some((answer, now)) = answer {
+                shard.record(self.fingerprint, answer, now);
             }
             shard.in_flight.remove(&self.fingerprint);
             self.released = true;
@@ -253,8 +260,9 @@ mod tests {
     use bytes::Bytes;
     use http::{HeaderValue, StatusCode};
 
-    fn key(id: &str) -> DedupKey {
-        DedupKey::new(&Arc::from("fp"), &Arc::from("billing"), id)
+    /// Claims `id` from source `fp` for upstream `billing`.
+    fn claim(dedup: &Arc<Dedup>, id: &str) -> Claim {
+        dedup.claim(&Arc::from("fp"), &Arc::from("billing"), id)
     }
 
     fn answered(status: u16) -> Arc<Outcome> {
@@ -275,7 +283,7 @@ mod tests {
     fn a_record_does_not_pin_the_buffer_its_answer_came_in() {
         let dedup = store();
         let read_buffer = Bytes::from(vec![b'x'; 8192]);
-        let Claim::Leader(lease) = dedup.claim(key("1")) else {
+        let Claim::Leader(lease) = claim(&dedup, "1") else {
             panic!("first claim must lead")
         };
         lease.complete(Arc::new(Outcome::Answered(Arc::new(Record {
@@ -283,7 +291,7 @@ mod tests {
             content_type: Some(HeaderValue::from_maybe_shared(read_buffer.slice(0..16)).unwrap()),
             body: read_buffer.slice(16..27),
         }))));
-        let Claim::Recorded(record) = dedup.claim(key("1")) else {
+        let Claim::Recorded(record) = claim(&dedup, "1") else {
             panic!("the 200 must be recorded")
         };
         assert_eq!(&record.body[..], b"xxxxxxxxxxx");
@@ -300,10 +308,10 @@ mod tests {
     #[test]
     fn first_claim_leads_and_a_concurrent_one_waits() {
         let dedup = store();
-        let Claim::Leader(lease) = dedup.claim(key("1")) else {
+        let Claim::Leader(lease) = claim(&dedup, "1") else {
             panic!("first claim must lead")
         };
-        let Claim::InFlight(mut waiter) = dedup.claim(key("1")) else {
+        let Claim::InFlight(mut waiter) = claim(&dedup, "1") else {
             panic!("second claim must wait")
         };
         lease.complete(answered(200));
@@ -315,11 +323,11 @@ mod tests {
     #[test]
     fn a_2xx_is_recorded_and_replayed() {
         let dedup = store();
-        let Claim::Leader(lease) = dedup.claim(key("1")) else {
+        let Claim::Leader(lease) = claim(&dedup, "1") else {
             panic!("first claim must lead")
         };
         lease.complete(answered(202));
-        match dedup.claim(key("1")) {
+        match claim(&dedup, "1") {
             Claim::Recorded(record) => assert_eq!(record.status, 202),
             _ => panic!("a 2xx must be replayed"),
         }
@@ -329,25 +337,25 @@ mod tests {
     fn a_failure_is_not_recorded_so_the_retry_leads_again() {
         let dedup = store();
         for status in [500, 302, 404] {
-            let Claim::Leader(lease) = dedup.claim(key("1")) else {
+            let Claim::Leader(lease) = claim(&dedup, "1") else {
                 panic!("after a {status} the retry must lead")
             };
             lease.complete(answered(status));
         }
-        let Claim::Leader(lease) = dedup.claim(key("1")) else {
+        let Claim::Leader(lease) = claim(&dedup, "1") else {
             panic!("timeouts are not recorded either")
         };
         lease.complete(Arc::new(Outcome::TimedOut));
-        assert!(matches!(dedup.claim(key("1")), Claim::Leader(_)));
+        assert!(matches!(claim(&dedup, "1"), Claim::Leader(_)));
     }
 
     #[test]
     fn a_dropped_lease_releases_the_key_and_closes_the_channel() {
         let dedup = store();
-        let Claim::Leader(lease) = dedup.claim(key("1")) else {
+        let Claim::Leader(lease) = claim(&dedup, "1") else {
             panic!("first claim must lead")
         };
-        let Claim::InFlight(waiter) = dedup.claim(key("1")) else {
+        let Claim::InFlight(waiter) = claim(&dedup, "1") else {
             panic!("second claim must wait")
         };
         drop(lease);
@@ -355,20 +363,20 @@ mod tests {
             waiter.has_changed().is_err(),
             "waiters see the closed channel"
         );
-        assert!(matches!(dedup.claim(key("1")), Claim::Leader(_)));
+        assert!(matches!(claim(&dedup, "1"), Claim::Leader(_)));
     }
 
     #[test]
     fn records_expire_after_the_ttl() {
         let dedup = Arc::new(Dedup::new(Duration::from_millis(50), 100));
-        let Claim::Leader(lease) = dedup.claim(key("1")) else {
+        let Claim::Leader(lease) = claim(&dedup, "1") else {
             panic!("first claim must lead")
         };
         lease.complete(answered(200));
-        assert!(matches!(dedup.claim(key("1")), Claim::Recorded(_)));
+        assert!(matches!(claim(&dedup, "1"), Claim::Recorded(_)));
         // The store reads the real clock, so wait for real (bounded).
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !matches!(dedup.claim(key("1")), Claim::Leader(_)) {
+        while !matches!(claim(&dedup, "1"), Claim::Leader(_)) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "record outlived its ttl"
@@ -381,14 +389,14 @@ mod tests {
     fn records_are_bounded_by_max_entries() {
         let dedup = Arc::new(Dedup::new(Duration::from_secs(60), 3));
         for id in 0..50 {
-            let Claim::Leader(lease) = dedup.claim(key(&id.to_string())) else {
+            let Claim::Leader(lease) = claim(&dedup, &id.to_string()) else {
                 panic!("a new id must lead")
             };
             lease.complete(answered(200));
         }
         assert_eq!(dedup.record_count(), 3);
         // The oldest written go first: the newest record is still there.
-        assert!(matches!(dedup.claim(key("49")), Claim::Recorded(_)));
+        assert!(matches!(claim(&dedup, "49"), Claim::Recorded(_)));
     }
 
     #[test]
@@ -398,7 +406,7 @@ mod tests {
         assert_eq!(dedup.shards.len(), 4);
         let written = max_entries + max_entries / 4;
         for id in 0..written {
-            let Claim::Leader(lease) = dedup.claim(key(&id.to_string())) else {
+            let Claim::Leader(lease) = claim(&dedup, &id.to_string()) else {
                 panic!("a new id must lead")
             };
             lease.complete(answered(200));
@@ -406,15 +414,15 @@ mod tests {
         // Every shard got well over its share, so every shard is full.
         assert_eq!(dedup.record_count(), max_entries);
         let newest = (written - 1).to_string();
-        assert!(matches!(dedup.claim(key(&newest)), Claim::Recorded(_)));
-        assert!(matches!(dedup.claim(key("0")), Claim::Leader(_)));
+        assert!(matches!(claim(&dedup, &newest), Claim::Recorded(_)));
+        assert!(matches!(claim(&dedup, "0"), Claim::Leader(_)));
     }
 
     #[test]
     fn the_in_flight_map_is_empty_once_every_lease_ends() {
         let dedup = store();
         for id in 0..10 {
-            let Claim::Leader(lease) = dedup.claim(key(&id.to_string())) else {
+            let Claim::Leader(lease) = claim(&dedup, &id.to_string()) else {
                 panic!("a new id must lead")
             };
             if id % 2 == 0 {
@@ -432,14 +440,27 @@ mod tests {
     #[test]
     fn keys_differ_by_source_upstream_and_id() {
         let dedup = store();
-        let Claim::Leader(lease) = dedup.claim(key("1")) else {
+        let Claim::Leader(lease) = claim(&dedup, "1") else {
             panic!("first claim must lead")
         };
         lease.complete(answered(200));
-        let other_upstream = DedupKey::new(&Arc::from("fp"), &Arc::from("crm"), "1");
-        let other_source = DedupKey::new(&Arc::from("v2"), &Arc::from("billing"), "1");
-        assert!(matches!(dedup.claim(other_upstream), Claim::Leader(_)));
-        assert!(matches!(dedup.claim(other_source), Claim::Leader(_)));
-        assert!(matches!(dedup.claim(key("2")), Claim::Leader(_)));
+        let claim_as = |source: &str, upstream: &str, id: &str| {
+            dedup.claim(&Arc::from(source), &Arc::from(upstream), id)
+        };
+        assert!(matches!(claim_as("fp", "billing", "1"), Claim::Recorded(_)));
+        for (source, upstream, id) in [
+            ("fp", "crm", "1"),
+            ("v2", "billing", "1"),
+            ("fp", "billing", "2"),
+            // Only the boundaries between the names differ: still other keys.
+            ("fpb", "illing", "1"),
+            ("fp", "billing1", ""),
+            ("f", "pbilling", "1"),
+        ] {
+            assert!(
+                matches!(claim_as(source, upstream, id), Claim::Leader(_)),
+                "{source}/{upstream}/{id} must be a key of its own"
+            );
+        }
     }
 }

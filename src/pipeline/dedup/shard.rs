@@ -164,12 +164,13 @@ impl Shard {
         }
     }
 
-    /// The answer recorded for `key`, unless it expired by `now`.
-    pub fn recorded(&self, key: &Fingerprint, now: u64) -> Option<StoredAnswer> {
-        match self.records.get(key) {
-            Some(answer) if answer.expires() > now => Some(answer.clone()),
-            _ => None,
-        }
+    /// The answer recorded for `key`, unless it expired by `now`, which is read only if
+    /// there is a record (a new event's claim reads no clock).
+    pub fn recorded(&self, key: &Fingerprint, now: impl FnOnce() -> u64) -> Option<StoredAnswer> {
+        self.records
+            .get(key)
+            .filter(|answer| answer.expires() > now())
+            .cloned()
     }
 
     /// Records `answer` for `key`, first dropping what expired by `now` and, at
@@ -264,9 +265,9 @@ mod tests {
     fn a_record_is_found_until_it_expires() {
         let mut shard = Shard::new(10);
         shard.record(fingerprint(1), answer("a", 100), 0);
-        assert!(shard.recorded(&fingerprint(1), 99).is_some());
-        assert!(shard.recorded(&fingerprint(1), 100).is_none());
-        assert!(shard.recorded(&fingerprint(2), 0).is_none());
+        assert!(shard.recorded(&fingerprint(1), || 99).is_some());
+        assert!(shard.recorded(&fingerprint(1), || 100).is_none());
+        assert!(shard.recorded(&fingerprint(2), || 0).is_none());
         shard.drop_expired(100);
         assert_eq!(shard.len(), 0);
     }
@@ -279,7 +280,7 @@ mod tests {
         }
         assert_eq!(shard.len(), 3);
         let held: Vec<u64> = (0..5)
-            .filter(|&n| shard.recorded(&fingerprint(n), 10).is_some())
+            .filter(|&n| shard.recorded(&fingerprint(n), || 10).is_some())
             .collect();
         assert_eq!(held, [2, 3, 4]);
     }
@@ -292,7 +293,7 @@ mod tests {
         shard.record(fingerprint(1), answer("new", 30), 20);
         shard.record(fingerprint(2), answer("b", 31), 21);
         let record = shard
-            .recorded(&fingerprint(1), 22)
+            .recorded(&fingerprint(1), || 22)
             .expect("the new record is held");
         assert_eq!(&record.unpack().body[..], b"new");
         assert_eq!(shard.len(), 2);
@@ -307,8 +308,8 @@ mod tests {
         shard.record(fingerprint(2), answer("b", 56), 6);
         // Capacity 1: the stale entry goes without a record, then fingerprint 1's record.
         assert_eq!(shard.len(), 1);
-        assert!(shard.recorded(&fingerprint(1), 7).is_none());
-        assert!(shard.recorded(&fingerprint(2), 7).is_some());
+        assert!(shard.recorded(&fingerprint(1), || 7).is_none());
+        assert!(shard.recorded(&fingerprint(2), || 7).is_some());
     }
 
     #[test]
