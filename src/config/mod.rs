@@ -27,6 +27,11 @@ pub mod defaults {
 
     /// Default `[server] max_body_bytes`: 1 MiB.
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+    /// `[server] workers = 0` (the default): one per core, or 1 if the count is unknown.
+    pub fn workers() -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
     /// Default `[server] unrouted_status`.
     pub const UNROUTED_STATUS: u16 = 202;
     /// Default `[server] respond_within`: below FirstPromoter's 15 s wait.

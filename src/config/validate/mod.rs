@@ -24,6 +24,7 @@ use crate::config::duration::format_duration;
 use crate::config::load::{EnvLookup, KeyPath};
 use crate::config::raw::{RawConfig, RawDuration, RawQuota};
 use crate::config::{Config, Quota, Secret};
+use crate::server::tls;
 
 /// Turns the raw file into a [`Config`], or returns every problem found.
 pub(crate) fn validate(
@@ -69,6 +70,20 @@ struct Validator<'a> {
 impl Validator<'_> {
     fn problem(&mut self, key: &KeyPath, reason: impl Into<String>) {
         self.issues.push((key.clone(), reason.into()));
+    }
+
+    /// Reads a certificate chain and its key with the loader the server and the upstream
+    /// clients use, and reports a file that cannot be used, or a key that does not belong to
+    /// the chain, at `cert_at` or `key_at`: `hookgate check` catches it, not a handshake.
+    fn certified_pair(&mut self, cert_at: &KeyPath, key_at: &KeyPath, cert: &Path, key: &Path) {
+        if let Err(error) = tls::read_certified_key(cert, key, &tls::provider()) {
+            let at = if error.path() == cert {
+                cert_at
+            } else {
+                key_at
+            };
+            self.problem(at, error.to_string());
+        }
     }
 
     /// `secret = "..."` or `secret_env = "VAR"`: exactly one, non-empty. Returns the secret

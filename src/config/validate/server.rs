@@ -1,7 +1,7 @@
 //! `[server]` (with `[server.tls]`), `[admin]`, `[dedup]` and `[rate_limit]`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use http::StatusCode;
 
@@ -11,7 +11,6 @@ use crate::config::{
     defaults, limits, AdminConfig, Cidr, DedupBackend, DedupConfig, RateLimitConfig, Secret,
     ServerConfig, TlsConfig,
 };
-use crate::server::tls;
 
 impl Validator<'_> {
     pub(super) fn server(&mut self, raw: RawServer) -> ServerConfig {
@@ -92,10 +91,11 @@ impl Validator<'_> {
                 limits::MAX_IDLE_TIMEOUT,
             ),
             max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
-            workers: match usize::try_from(workers) {
-                Ok(0) | Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                Ok(workers) => workers,
-            },
+            // Past MAX_WORKERS is a problem reported above; 0 means the default.
+            workers: usize::try_from(workers)
+                .ok()
+                .filter(|&workers| workers > 0)
+                .unwrap_or_else(defaults::workers),
             tls: raw.tls.and_then(|tls| self.tls(&key.key("tls"), tls)),
         }
     }
@@ -127,7 +127,10 @@ impl Validator<'_> {
             (Some(cert), Some(tls_key), false) => {
                 let cert = self.existing_file(&key.key("cert"), &cert);
                 let tls_key = self.existing_file(&key.key("key"), &tls_key);
-                self.usable_certificate(key, &cert, &tls_key);
+                // Only once both are there: a missing file is a problem of its own.
+                if cert.is_file() && tls_key.is_file() {
+                    self.certified_pair(&key.key("cert"), &key.key("key"), &cert, &tls_key);
+                }
                 Some(TlsConfig::Files { cert, key: tls_key })
             }
             (Some(_), None, false) => {
@@ -146,20 +149,6 @@ impl Validator<'_> {
                 );
                 None
             }
-        }
-    }
-
-    /// Parses the certificate chain and key and checks that they belong together, as an
-    /// upstream's `client_cert` is checked: `hookgate check` then catches a wrong or
-    /// mismatched file, not the server's start or a reload. Only once both files exist
-    /// (a missing one is already a problem of its own).
-    fn usable_certificate(&mut self, tls: &KeyPath, cert: &Path, key: &Path) {
-        if !(cert.is_file() && key.is_file()) {
-            return;
-        }
-        if let Err(error) = tls::read_certified_key(cert, key, &tls::provider()) {
-            let at = if error.path() == cert { "cert" } else { "key" };
-            self.problem(&tls.key(at), error.to_string());
         }
     }
 

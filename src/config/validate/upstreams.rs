@@ -134,13 +134,9 @@ impl Validator<'_> {
                 &upstream.key("client_cert"),
                 "is only used with an https:// url",
             );
-        } else if let Err(error) = tls::read_certified_key(&cert, &key, &tls::provider()) {
-            let at = if error.path() == cert {
-                "client_cert"
-            } else {
-                "client_key"
-            };
-            self.problem(&upstream.key(at), error.to_string());
+        } else {
+            let (cert_at, key_at) = (upstream.key("client_cert"), upstream.key("client_key"));
+            self.certified_pair(&cert_at, &key_at, &cert, &key);
         }
         Some(ClientCert { cert, key })
     }
