@@ -63,7 +63,8 @@ impl WorkerClients {
     }
 
     /// Whether `other` is these very pools (a clone), not pools built alike.
-    pub fn same_pools(&self, other: &Self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn same_pools(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
 

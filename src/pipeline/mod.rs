@@ -459,7 +459,6 @@ fn request_outcome(outcome: &Outcome) -> RequestOutcome {
     }
 }
 
-/// Whether two `[dedup]` sections describe the same store.
 /// Waits for every outcome until `deadline`; those not known by then are `None`.
 async fn wait_until(pending: Vec<Pending>, deadline: Instant) -> Vec<Option<Arc<Outcome>>> {
     let mut outcomes = Vec::with_capacity(pending.len());
