@@ -110,6 +110,13 @@ async fn rapid_reset_ends_in_goaway_while_others_are_served() {
         resets <= RESET_LIMIT,
         "the gateway cut the flood off only after {resets} rapid resets (limit {RESET_LIMIT})"
     );
+    // Not before the configured allowance: a cut-off for another reason (a crash, the
+    // stream limit) would otherwise pass for the rapid-reset guard.
+    assert!(
+        resets >= hookgate::server::MAX_PENDING_RESET_STREAMS,
+        "the connection was cut after only {resets} resets, below the allowance of {}",
+        hookgate::server::MAX_PENDING_RESET_STREAMS
+    );
     assert!(
         connection_result.is_err(),
         "the flooding connection ended cleanly after {resets} rapid resets"
@@ -375,10 +382,13 @@ async fn a_sender_still_writing_an_oversized_body_reads_its_413() {
     let upstream = FakeUpstream::start(Reply::status(200)).await;
     let gateway = spawn_gateway(&one_route_config(&upstream.url("/hook"), "", "")).await;
     let body = vec![b' '; 32 * 1024 * 1024];
+    let request = raw_post("/fp", &body, "");
+    let (start, rest) = request.split_at(request.len() - body.len() + 64 * 1024);
     let mut conn = RawConn::connect(gateway.addr).await;
-    conn.write(&raw_post("/fp", &body, ""))
+    conn.write(start)
         .await
-        .expect("the whole body is written: the gateway reads and discards it after its 413");
+        .expect("the head and 64 KiB of body");
+    // The answer comes while the body is still arriving: the size is refused from the head.
     let answer = conn.read_response().await;
     assert_eq!(
         answer.status,
@@ -386,6 +396,9 @@ async fn a_sender_still_writing_an_oversized_body_reads_its_413() {
         "{}",
         String::from_utf8_lossy(&answer.body)
     );
+    conn.write(rest)
+        .await
+        .expect("the rest of the body is written: the gateway reads and discards it");
     conn.expect_closed().await;
     assert_eq!(upstream.count(), 0);
 }
@@ -449,6 +462,7 @@ async fn h2_pings_on_an_idle_connection_are_timed_by_idle_timeout() {
         200,
         "the pinged connection was kept"
     );
+    let last_answer = tokio::time::Instant::now();
 
     // Pinging on, with no request: closed after idle_timeout all the same (bounded wait).
     let closed = bounded("the gateway to close the idle h2 connection", async {
@@ -460,6 +474,13 @@ async fn h2_pings_on_an_idle_connection_are_timed_by_idle_timeout() {
         }
     });
     closed.await;
+    // Timed from the last request's end (just before its answer arrived here), not from the
+    // accept nor stretched by the PINGs; timers never fire early, so this cannot flake.
+    assert!(
+        last_answer.elapsed() >= Duration::from_millis(2900),
+        "closed {:?} after the last answer; idle_timeout is 3 s",
+        last_answer.elapsed()
+    );
     let _ = bounded("the client connection task to end", connection).await;
     assert_eq!(upstream.count(), 2);
 }
