@@ -257,10 +257,9 @@ async fn reload_serves_the_new_certificate_to_new_connections_only() {
     let (old_cert, new_cert) = (ca.server_cert(), ca.server_cert());
     let upstream = FakeUpstream::start(Reply::json(200, r#"{"fulfilled":true}"#)).await;
     let (cert_path, key_path) = old_cert.write(&dir, "server");
-    let config_path = dir.write(
-        "hookgate.toml",
-        one_route_config(&upstream.url("/hook"), &tls_keys(&cert_path, &key_path), ""),
-    );
+    let config_naming =
+        |cert: &str, key: &str| one_route_config(&upstream.url("/hook"), &tls_keys(cert, key), "");
+    let config_path = dir.write("hookgate.toml", config_naming(&cert_path, &key_path));
     let running = hookgate::Config::load(&config_path).expect("the test config loads");
     let gateway = spawn_config(running.clone()).await;
     let reloader = gateway.reloader(running);
@@ -273,7 +272,12 @@ async fn reload_serves_the_new_certificate_to_new_connections_only() {
         200
     );
 
-    new_cert.write(&dir, "server");
+    // The config file is read again: it now names other files.
+    let (new_cert_path, new_key_path) = new_cert.write(&dir, "server2");
+    dir.write(
+        "hookgate.toml",
+        config_naming(&new_cert_path, &new_key_path),
+    );
     reloader.reload().expect("valid new certificate");
     assert_eq!(tls.certificate().cert[0], new_cert.der);
 
@@ -291,15 +295,22 @@ async fn reload_serves_the_new_certificate_to_new_connections_only() {
     );
 
     // An invalid new certificate is rejected; the current one keeps serving.
-    dir.write("server.pem", "not a certificate\n");
+    dir.write("server2.pem", "not a certificate\n");
     let error = reloader.reload().expect_err("empty chain");
     let message = format!("{error:#}");
-    assert!(message.contains(&dir.path("server.pem")), "{message}");
+    assert!(message.contains(&dir.path("server2.pem")), "{message}");
     assert!(message.contains("holds no certificate"), "{message}");
     // A valid certificate with someone else's key is rejected too.
-    dir.write("server.pem", &old_cert.cert_pem);
+    dir.write("server2.pem", &old_cert.cert_pem);
     let message = format!("{:#}", reloader.reload().expect_err("mismatched key"));
     assert!(message.contains("does not match"), "{message}");
+    // A valid certificate in a config that is invalid elsewhere is not installed either.
+    let (third_cert, third_key) = ca.server_cert().write(&dir, "server3");
+    dir.write(
+        "hookgate.toml",
+        config_naming(&third_cert, &third_key).replace("[[routes]]", "[[routes]]\nbogus = 1"),
+    );
+    reloader.reload().expect_err("invalid config");
     let mut still = TlsConn::connect(gateway.addr, client(&ca, &[b"h2"])).await;
     assert_eq!(still.peer_cert, new_cert.der);
     assert_eq!(
