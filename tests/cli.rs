@@ -12,7 +12,7 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookgate");
 
-/// A scratch directory for config files, removed on drop.
+/// Runs the binary with `args` (no HOOKGATE_CONFIG from the environment) to completion.
 fn hookgate(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)
@@ -230,21 +230,22 @@ async fn serve_round_trip_then_sigterm_exits_zero() {
 }
 
 /// Starts `hookgate --config path` and waits (bounded) for the address it logs as bound.
-fn serve_binary(path: &Path) -> (std::process::Child, String) {
+fn serve_binary(path: &Path) -> (KillOnDrop, String) {
     let (child, addr, _) = serve_binary_counting_events(path);
     (child, addr)
 }
 
 /// Like [`serve_binary`], also counting the "event handled" lines the process logs.
-fn serve_binary_counting_events(
-    path: &Path,
-) -> (std::process::Child, String, std::sync::Arc<AtomicUsize>) {
-    let mut child = Command::new(BIN)
-        .args(["--config", path.to_str().unwrap(), "--log-format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+/// The child is killed if the test fails before stopping it.
+fn serve_binary_counting_events(path: &Path) -> (KillOnDrop, String, std::sync::Arc<AtomicUsize>) {
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["--config", path.to_str().unwrap(), "--log-format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     // The first log line with a listen address tells where it bound port 0.
     let stdout = child.stdout.take().unwrap();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -278,8 +279,7 @@ async fn serve_runs_the_configured_workers() {
         .replace("http://127.0.0.1:9/hook", &upstream.url("/hook"))
         .replace("[server]\n", "[server]\nworkers = 3\n");
     let path = scratch.write("c.toml", &config);
-    let (child, addr, events_logged) = serve_binary_counting_events(&path);
-    let mut child = KillOnDrop(child);
+    let (mut child, addr, events_logged) = serve_binary_counting_events(&path);
     let addr: std::net::SocketAddr = addr.parse().expect("a socket address");
 
     // The listeners are bound before the address is logged; the threads start right after.
