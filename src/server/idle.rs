@@ -234,6 +234,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     const HEAD: Duration = Duration::from_secs(10);
     const IDLE: Duration = Duration::from_secs(60);
@@ -281,10 +282,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn http2_frames_between_requests_do_not_start_a_head_or_stretch_idle() {
         let activity = Activity::accepted();
-        let mut watched = Watched::new(tokio::io::empty(), Arc::clone(&activity));
-        // The preface may arrive in pieces.
-        watched.look_for_preface(&H2_PREFACE[..5]);
-        watched.look_for_preface(&H2_PREFACE[5..]);
+        let mut watched = Watched::new(H2_PREFACE, Arc::clone(&activity));
+        // Read through the transport, and in pieces, as a connection may deliver it.
+        let mut piece = [0u8; 5];
+        watched.read_exact(&mut piece).await.expect("read");
+        watched.read_to_end(&mut Vec::new()).await.expect("read");
         drop(activity.request_started());
         let idle_since = Instant::now();
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -297,8 +299,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn anything_else_is_http1_whose_next_byte_starts_a_head() {
         let activity = Activity::accepted();
-        let mut watched = Watched::new(tokio::io::empty(), Arc::clone(&activity));
-        watched.look_for_preface(b"POST /fp HTTP/1.1\r\n");
+        let mut watched = Watched::new(&b"POST /fp HTTP/1.1\r\n"[..], Arc::clone(&activity));
+        watched.read_to_end(&mut Vec::new()).await.expect("read");
         assert_eq!(watched.preface_matched, None);
         drop(activity.request_started());
         activity.on_read();
