@@ -251,6 +251,20 @@ mod tests {
     }
 
     #[test]
+    fn the_timestamp_is_rfc3339_utc_with_microseconds() {
+        // 2026-11-26T22:30:33.194324Z; each field distinct, so a swap would show.
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(1_795_732_233_194_324_567)
+            .expect("a valid time");
+        let mut text = String::new();
+        write_timestamp(&mut text, at).expect("formats");
+        assert_eq!(text, "2026-11-26T22:30:33.194324Z");
+        let early = time::OffsetDateTime::from_unix_timestamp(1_767_236_645).expect("valid");
+        text.clear();
+        write_timestamp(&mut text, early).expect("formats");
+        assert_eq!(text, "2026-01-01T03:04:05.000000Z", "zero-padded");
+    }
+
+    #[test]
     fn strings_are_escaped_whatever_they_hold() {
         let nasty = "quote \" backslash \\ newline \n tab \t bell \u{7} del \u{7f} é 🙂";
         let lines = logged(|| {
