@@ -42,13 +42,19 @@ pub fn batch_this_thread() {
 
 /// Writes out the calling thread's pending lines, if any.
 pub fn flush_this_thread() {
-    let _ = PENDING.try_with(|pending| {
-        if let Ok(mut pending) = pending.try_borrow_mut() {
-            if let Some(buffer) = pending.as_mut() {
-                write_out(&mut buffer.0);
-            }
-        }
-    });
+    with_pending(write_out);
+}
+
+/// Runs `f` on the calling thread's pending lines; `None` if the thread does not batch, or
+/// its buffer is out of reach (being torn down, or in use further up this stack).
+fn with_pending<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> Option<R> {
+    PENDING
+        .try_with(|pending| {
+            let mut pending = pending.try_borrow_mut().ok()?;
+            pending.as_mut().map(|buffer| f(&mut buffer.0))
+        })
+        .ok()
+        .flatten()
 }
 
 fn write_out(lines: &mut Vec<u8>) {
@@ -78,22 +84,13 @@ pub struct Line;
 
 impl Write for Line {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let batched = PENDING
-            .try_with(|pending| {
-                let Ok(mut pending) = pending.try_borrow_mut() else {
-                    return false;
-                };
-                let Some(buffer) = pending.as_mut() else {
-                    return false;
-                };
-                buffer.0.extend_from_slice(bytes);
-                if buffer.0.len() >= FLUSH_AT {
-                    write_out(&mut buffer.0);
-                }
-                true
-            })
-            .unwrap_or(false);
-        if !batched {
+        let batched = with_pending(|buffer| {
+            buffer.extend_from_slice(bytes);
+            if buffer.len() >= FLUSH_AT {
+                write_out(buffer);
+            }
+        });
+        if batched.is_none() {
             io::stdout().lock().write_all(bytes)?;
         }
         Ok(bytes.len())
