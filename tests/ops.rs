@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -351,21 +350,10 @@ async fn sigterm_drains_and_relays_the_real_answer() {
         .spawn()
         .unwrap();
     let mut child = KillOnDrop(child);
-    let stdout = child.stdout.take().unwrap();
-    let (line_tx, line_rx) = std::sync::mpsc::channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(log) = serde_json::from_str(&line) {
-                let _ = line_tx.send(log);
-            }
-        }
+    let lines = log_lines(&mut child);
+    let listening = wait_for_log(&lines, "with the listen address", |log| {
+        log["listen"].is_string()
     });
-    let listening = loop {
-        let log = line_rx.recv_timeout(STEP).expect("a listening line");
-        if log["listen"].is_string() {
-            break log;
-        }
-    };
     let gateway = listening["listen"].as_str().unwrap().to_owned();
     let admin = listening["admin"].as_str().unwrap().to_owned();
 

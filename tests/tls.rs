@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -676,37 +675,6 @@ async fn gateway_forwards_to_https_upstreams_with_private_ca_and_mtls() {
 // === The binary: SIGHUP and startup errors ===
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookgate");
-
-/// The binary's JSON log lines, read on a thread.
-fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<serde_json::Value> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (line_tx, line_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) {
-                let _ = line_tx.send(log);
-            }
-        }
-    });
-    line_rx
-}
-
-/// The next log line satisfying `wanted` (bounded by [`STEP`]).
-fn wait_for_log(
-    lines: &std::sync::mpsc::Receiver<serde_json::Value>,
-    what: &str,
-    wanted: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + STEP;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if wanted(&line) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no log line {what} within {STEP:?}"),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_certificate_of_the_running_binary() {

@@ -1113,3 +1113,38 @@ pub fn error_message(answer: &Answer) -> String {
         .unwrap_or_else(|| panic!("no \"error\" string in {}", answer.text()))
         .to_owned()
 }
+
+/// The binary's JSON log lines, read on a thread.
+pub fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) {
+                let _ = line_tx.send(log);
+            }
+        }
+    });
+    line_rx
+}
+
+/// The next log line satisfying `wanted` (bounded by [`STEP`]).
+pub fn wait_for_log(
+    lines: &std::sync::mpsc::Receiver<serde_json::Value>,
+    what: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line {what} within {STEP:?}"),
+        }
+    }
+}
