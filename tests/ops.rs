@@ -8,9 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hookgate::admin::{serve_admin, AdminState};
-use hookgate::pipeline::Gateway;
 use hookgate::server::reload::Reloader;
 use serde_json::json;
 use support::*;
@@ -24,47 +22,38 @@ struct Ops {
     reloader: Reloader,
     admin: Arc<AdminState>,
     config_path: PathBuf,
-    _stop: (oneshot::Sender<()>, oneshot::Sender<()>),
+    _gateway: TestGateway,
+    _admin_stop: oneshot::Sender<()>,
+    _dir: TempDir,
 }
 
 impl Ops {
     async fn start(name: &str, config: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hookgate-ops-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config_path = dir.join("config.toml");
-        std::fs::write(&config_path, config).unwrap();
+        let dir = TempDir::new(&format!("ops-{name}"));
+        let config_path = dir.write("config.toml", config);
         let config = hookgate::Config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
-        let metrics = Arc::new(hookgate::metrics::Metrics::new());
-        let gateway = Gateway::with_metrics(&config, Arc::clone(&metrics)).unwrap();
-        let gateway = Arc::new(ArcSwap::from_pointee(gateway));
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let gateway_url = format!("http://{}/fp", listener.local_addr().unwrap());
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = config.server.clone();
-        let serving = Arc::clone(&gateway);
-        tokio::spawn(async move {
-            let stop = async {
-                let _ = stop_rx.await;
-            };
-            hookgate::server::serve_with_tls(listener, serving, &server, None, stop).await
-        });
+        // Served as the binary serves: through the workers.
+        let gateway = spawn_config(config.clone()).await;
+        let gateway_url = gateway.url("/fp");
 
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_url = format!("http://{}", admin_listener.local_addr().unwrap());
-        let admin = Arc::new(AdminState::new(metrics, Arc::clone(&gateway)));
-        let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
+        let metrics = Arc::clone(gateway.gateway.metrics());
+        let admin = Arc::new(AdminState::new(metrics, Arc::clone(gateway.serving())));
+        let (admin_stop, admin_stop_rx) = oneshot::channel::<()>();
         tokio::spawn(serve_admin(admin_listener, Arc::clone(&admin), async {
             let _ = admin_stop_rx.await;
         }));
-        let reloader = Reloader::new(config, gateway, None);
+        let reloader = gateway.reloader(config);
         Self {
             gateway_url,
             admin_url,
             reloader,
             admin,
             config_path,
-            _stop: (stop_tx, admin_stop_tx),
+            _gateway: gateway,
+            _admin_stop: admin_stop,
+            _dir: dir,
         }
     }
 

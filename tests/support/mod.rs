@@ -280,6 +280,11 @@ impl TestGateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The gateway the listeners serve, which a reload swaps.
+    pub fn serving(&self) -> &Arc<arc_swap::ArcSwap<hookgate::pipeline::Gateway>> {
+        &self.serving
+    }
+
     /// The reloader `hookgate serve` would have for this gateway: SIGHUP's code path.
     /// `running` is the config it was started with, loaded from the file to re-read.
     pub fn reloader(&self, running: hookgate::Config) -> hookgate::server::reload::Reloader {
