@@ -408,6 +408,22 @@ tree_ticks() { # utime+stime (clock ticks) of $1 and its children (nginx: master
   done
   echo "$total"
 }
+tree_switches() { # context switches (voluntary + not) of every thread of $1 and its children
+  local pids=("$1") f kids p key value total=0
+  for f in /proc/"$1"/task/*/children; do
+    [[ -r "$f" ]] || continue
+    read -r -a kids <"$f" || true
+    pids+=("${kids[@]}")
+  done
+  for p in "${pids[@]}"; do
+    for f in /proc/"$p"/task/*/status; do
+      while read -r key value; do
+        [[ "$key" == *ctxt_switches: ]] && total=$(( total + value ))
+      done <"$f" 2>/dev/null || true
+    done
+  done
+  echo "$total"
+}
 upstream_count() { curl -s --max-time 2 "http://127.0.0.1:$UP_PORT/__count" | awk 'NR == 3 { print $3 }'; }
 replays() { # hookgate_dedup_hits_total of the instance whose admin port is $1
   curl -s --max-time 2 "http://127.0.0.1:$1/metrics" \
@@ -441,19 +457,19 @@ declare -A ADMIN=( [hookgate]="$HG_ADMIN" [hookgate-dup]="$HG_ADMIN" [hookgate-t
                    [hookgate-off]="$HGO_ADMIN" [hookgate-b]="$HGB_ADMIN" [hookgate-b-dup]="$HGB_ADMIN" )
 
 RAW="$TMP/runs.tsv"
-printf 'round\ttarget\tids\treq/s\tp50_ms\tp99_ms\tnon2xx\tsock_err\tcpu_us/req\trequests\tupstream_got\treplays\tdup_hdr\tcheck\n' >"$RAW"
+printf 'round\ttarget\tids\treq/s\tp50_ms\tp99_ms\tnon2xx\tsock_err\tcpu_us/req\trequests\tupstream_got\treplays\tdup_hdr\tcheck\tcs/req\n' >"$RAW"
 INVALID=0
 
 measure() { # $1 = round, $2 = target
   local t=$2 url=${URL[$2]} ids=${IDS[$2]} ppid=${PROXY[$2]} admin=${ADMIN[$2]:-}
   local out="$TMP/wrk-$1-$t.txt"
   if (( WARMUP > 0 )); then run_wrk "$url" "$ids" "$WARMUP" "$out.warmup" || warn "$t warm-up: wrk failed"; fi
-  local u0 u1 r0=0 r1=0 c0=0 c1=0
+  local u0 u1 r0=0 r1=0 c0=0 c1=0 s0=0 s1=0
   u0="$(upstream_count)"
   [[ -n "$admin" ]] && r0="$(replays "$admin")"
-  [[ -n "$ppid" ]] && c0="$(tree_ticks "$ppid")"
+  [[ -n "$ppid" ]] && c0="$(tree_ticks "$ppid")" && s0="$(tree_switches "$ppid")"
   run_wrk "$url" "$ids" "$DURATION" "$out" || warn "$t: wrk exited non-zero"
-  [[ -n "$ppid" ]] && c1="$(tree_ticks "$ppid")"
+  [[ -n "$ppid" ]] && c1="$(tree_ticks "$ppid")" && s1="$(tree_switches "$ppid")"
   [[ -n "$admin" ]] && r1="$(replays "$admin")"
   u1="$(upstream_count)"
   local result; result="$(grep '^RESULT ' "$out" | tail -1 || true)"
@@ -465,12 +481,14 @@ measure() { # $1 = round, $2 = target
   # upstream_got: requests the upstream served in the window (minus the second /__count itself)
   awk -v round="$1" -v t="$t" -v ids="$ids" -v res="$result" -v tck="$CLK_TCK" \
       -v cpu="$([[ -n "$ppid" ]] && echo $(( c1 - c0 )) || echo -)" -v got=$(( u1 - u0 - 1 )) \
+      -v cs="$([[ -n "$ppid" ]] && echo $(( s1 - s0 )) || echo -)" \
       -v rep="$([[ -n "$admin" ]] && echo $(( r1 - r0 )) || echo -)" -v conns="$CONNS" '
     BEGIN {
       n = split(res, kv, " ")
       for (i = 2; i <= n; i++) { split(kv[i], a, "="); r[a[1]] = a[2] }
       req = r["requests"] + 0
       cpu_req = (cpu == "-" || req == 0) ? "-" : sprintf("%.1f", cpu / tck * 1e6 / req)
+      cs_req = (cs == "-" || req == 0) ? "-" : sprintf("%.3f", cs / req)
       check = ""
       if (r["non2xx"] > 0) check = check sprintf("INVALID:%d_non2xx(last_HTTP_%d),", r["non2xx"], r["bad_status"])
       if (r["sock_err"] > 0) check = check "socket_errors,"
@@ -485,9 +503,9 @@ measure() { # $1 = round, $2 = target
         if (r["dup_answers"] != req) check = check "answers_without_hookgate-duplicate,"
       }
       if (check == "") check = "ok"; else sub(/,$/, "", check)
-      printf "%s\t%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%d\t%s\t%d\t%d\t%s\t%d\t%s\n", round, t, ids, r["rps"],
+      printf "%s\t%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%d\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", round, t, ids, r["rps"],
         r["p50_us"] / 1000, r["p99_us"] / 1000, r["non2xx"], r["sock_err"], cpu_req, req, got, rep,
-        r["dup_answers"], check
+        r["dup_answers"], check, cs_req
     }' >>"$RAW"
   local check; check="$(tail -1 "$RAW" | cut -f14)"
   if [[ "$check" != ok ]]; then
@@ -515,7 +533,8 @@ done
 
 # ------------------------------------------------------------------ report --
 echo
-echo "== runs (cpu_us/req: CPU time of the proxy's processes per request; upstream_got: requests the"
+echo "== runs (cpu_us/req: CPU time of the proxy's processes per request; cs/req: their context"
+echo "   switches per request, voluntary and not; upstream_got: requests the"
 echo "   upstream served in the window; replays: hookgate_dedup_hits_total delta; dup_hdr: answers"
 echo "   carrying hookgate-duplicate)"
 column -t -s $'\t' "$RAW" 2>/dev/null || cat "$RAW"
@@ -528,6 +547,7 @@ awk -F'\t' -v order="$TARGETS" -v rounds="$ROUNDS" -v stages="$STAGES" '
   }
   NR > 1 { rps[$2] = rps[$2] " " $4; p50[$2] = p50[$2] " " $5; p99[$2] = p99[$2] " " $6
            if ($9 != "-") cpu[$2] = cpu[$2] " " $9
+           if ($15 != "-") cs[$2] = cs[$2] " " $15
            bad[$2] += $7; sock[$2] += $8; ids[$2] = $3; runs[$2]++; if ($14 == "ok") ok[$2]++ }
   function ratio(a, b,   x, y, z) {
     if (!(a in R) || !(b in R)) return
@@ -538,12 +558,14 @@ awk -F'\t' -v order="$TARGETS" -v rounds="$ROUNDS" -v stages="$STAGES" '
   }
   END {
     printf "== summary: medians of %d round(s), STAGES=%s\n", rounds, stages
-    printf "%-15s %-6s %9s %8s %8s %7s %8s %12s %8s\n", "target", "ids", "req/s", "p50_ms", "p99_ms", "non2xx", "sock_err", "cpu_us/req", "checks"
+    printf "%-15s %-6s %9s %8s %8s %7s %8s %12s %8s %8s\n", "target", "ids", "req/s", "p50_ms", "p99_ms", "non2xx", "sock_err", "cpu_us/req", "cs/req", "checks"
     n = split(order, T, " ")
     for (i = 1; i <= n; i++) { t = T[i]; if (!(t in runs)) continue
       R[t] = median(rps[t]); P[t] = median(p50[t]); C[t] = median(cpu[t])
-      printf "%-15s %-6s %9.0f %8.3f %8.3f %7d %8d %12s %8s\n", t, ids[t], R[t], P[t], median(p99[t]),
-        bad[t], sock[t], (C[t] == "" ? "-" : sprintf("%.1f", C[t])), (ok[t] + 0) "/" runs[t] }
+      S = median(cs[t])
+      printf "%-15s %-6s %9.0f %8.3f %8.3f %7d %8d %12s %8s %8s\n", t, ids[t], R[t], P[t], median(p99[t]),
+        bad[t], sock[t], (C[t] == "" ? "-" : sprintf("%.1f", C[t])), (S == "" ? "-" : sprintf("%.2f", S)),
+        (ok[t] + 0) "/" runs[t] }
     print ""
     print "== ratios (req/s > 1: more throughput; p50 and cpu/req < 1: faster, cheaper)"
     printf "%-26s %8s %8s %12s\n", "ratio", "req/s", "p50", "cpu/req"
