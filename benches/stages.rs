@@ -27,7 +27,7 @@ use hookgate::pipeline::authenticate::{now_unix, Authenticator};
 use hookgate::pipeline::dedup::{Claim, Dedup};
 use hookgate::pipeline::forward::{Outcome, Record};
 use hookgate::pipeline::parse;
-use hookgate::pipeline::payload::Payload;
+use hookgate::pipeline::payload::{Payload, Pointers};
 use hookgate::pipeline::relay::{self, Decision};
 use hookgate::pipeline::route::Router;
 use hookgate::pipeline::sign::{Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
@@ -145,7 +145,8 @@ fn header(name: &str, value: &str) -> (HeaderName, HeaderValue) {
 
 fn bench_parse(c: &mut Criterion, config: &Config) {
     let source = source(config, "firstpromoter");
-    let event = parse::parse(BODY, source).expect("the fixture parses");
+    let pointers = Pointers::of_config(config);
+    let event = parse::parse(BODY, source, &pointers).expect("the fixture parses");
     assert_eq!(
         (event.id.as_str(), event.event_type.as_str()),
         (EVENT_ID, EVENT_TYPE)
@@ -154,7 +155,7 @@ fn bench_parse(c: &mut Criterion, config: &Config) {
     let mut group = c.benchmark_group("stage");
     group.throughput(Throughput::Bytes(BODY.len() as u64));
     group.bench_function("parse", |b| {
-        b.iter(|| parse::parse(black_box(BODY), source).expect("the fixture parses"))
+        b.iter(|| parse::parse(black_box(BODY), source, &pointers).expect("the fixture parses"))
     });
     group.finish();
 }
@@ -257,7 +258,9 @@ fn bench_dedup(c: &mut Criterion, config: &Config) {
 
 fn bench_route(c: &mut Criterion, config: &Config) {
     let router = Router::new(config.routes.clone());
-    let payload = Payload::parse(BODY).expect("the fixture is JSON");
+    // Parsed as the gateway parses it: noting the config's pointers.
+    let pointers = Pointers::of_config(config);
+    let payload = Payload::parse_noting(BODY, &pointers).expect("the fixture is JSON");
     let route = router
         .find("firstpromoter", EVENT_TYPE, &payload)
         .expect("the fixture is routed");

@@ -34,6 +34,7 @@ use crate::upstream::Clients;
 use authenticate::Authenticator;
 use dedup::{Claim, Dedup, Lease, OutcomeRx};
 use forward::{Delivery, Outcome, UpstreamTarget};
+use payload::Pointers;
 use relay::Decision;
 use route::Router;
 
@@ -43,6 +44,8 @@ use route::Router;
 pub struct Gateway {
     sources_by_path: HashMap<String, SourceEntry>,
     router: Router,
+    /// What parsing notes for the later stages (event id and type, route `match` fields).
+    pointers: Pointers,
     upstreams: Vec<Arc<UpstreamTarget>>,
     /// The upstream clients, kept so that a reload can keep their warm pools.
     clients: Clients,
@@ -176,6 +179,7 @@ impl Gateway {
         Ok(Self {
             sources_by_path,
             router: Router::new(config.routes.clone()),
+            pointers: Pointers::of_config(config),
             upstreams,
             clients,
             dedup,
@@ -302,7 +306,7 @@ impl Gateway {
         if let Some(authenticator) = &source.authenticator {
             authenticator.authenticate(&parts.headers, parts.uri.query(), &body)?;
         }
-        let event = parse::parse(&body, &source.config)?;
+        let event = parse::parse(&body, &source.config, &self.pointers)?;
 
         let Some(route) = self
             .router

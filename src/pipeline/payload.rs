@@ -2,100 +2,316 @@
 //!
 //! An event is ~2 KB of JSON of which hookgate reads two to four values (id, type, a route's
 //! `match` fields). Building a full `serde_json::Value` tree for it cost more CPU than the
-//! rest of the parse stage (allocations for every object and string, then freeing them). The
-//! whole body is still checked once, as JSON, up front; a lookup then walks the borrowed text
-//! along its pointer and materialises just the value at the end.
+//! rest of the parse stage (allocations for every object and string, then freeing them).
 //!
-//! The check also notes where each top-level member is. Every lookup would otherwise scan the
-//! whole body just to pass the root (to the end: the last of duplicate keys wins), and the id
-//! and type both live one level down, in the small `event` object.
+//! The config says in advance which values will be read ([`Pointers`]), so the one pass that
+//! checks the body as JSON also notes where each of those values is, and a lookup then only
+//! materialises the value it finds there. Walking the borrowed text again per lookup cost a
+//! second scan of most of the body for every `match` pointer under `/data` (the last of
+//! duplicate keys wins, so a scan cannot stop at the first hit). A pointer the config does
+//! not name is still answered, by such a walk.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+use crate::config::Config;
+
+/// The JSON pointers (RFC 6901) a config reads from every event, as a tree of their tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Pointers {
+    root: Node,
+    count: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    /// Where the value at this node is noted, if a pointer ends here.
+    slot: Option<usize>,
+    children: Vec<Child>,
+}
+
+#[derive(Debug, Clone)]
+struct Child {
+    /// The unescaped token: an object member's name.
+    token: String,
+    /// The token as an array index, if it is one.
+    index: Option<usize>,
+    node: Node,
+}
+
+/// No pointers: [`Payload::parse`] notes nothing, and every lookup walks the text.
+static NO_POINTERS: Pointers = Pointers {
+    root: Node {
+        slot: None,
+        children: Vec::new(),
+    },
+    count: 0,
+};
+
+impl Pointers {
+    /// The set of `pointers`. One that is neither empty nor starts with `/` points at nothing
+    /// and is left out.
+    pub fn new<'p>(pointers: impl IntoIterator<Item = &'p str>) -> Self {
+        let mut set = Self::default();
+        for pointer in pointers {
+            let tokens: Vec<Cow<'_, str>> = match pointer.strip_prefix('/') {
+                _ if pointer.is_empty() => Vec::new(),
+                Some(rest) => rest.split('/').map(unescape).collect(),
+                None => continue,
+            };
+            let mut node = &mut set.root;
+            for token in tokens {
+                let at = match node.children.iter().position(|child| child.token == token) {
+                    Some(at) => at,
+                    None => {
+                        node.children.push(Child {
+                            index: array_index(&token),
+                            token: token.into_owned(),
+                            node: Node::default(),
+                        });
+                        node.children.len() - 1
+                    }
+                };
+                node = &mut node.children[at].node;
+            }
+            if node.slot.is_none() {
+                node.slot = Some(set.count);
+                set.count += 1;
+            }
+        }
+        set
+    }
+
+    /// Every pointer `config` reads: each source's event id and type, and every route's
+    /// `match` pointers.
+    pub fn of_config(config: &Config) -> Self {
+        let sources = config
+            .sources
+            .iter()
+            .flat_map(|source| [source.event_id.as_str(), source.event_type.as_str()]);
+        let matches = config
+            .routes
+            .iter()
+            .flat_map(|route| route.matches.iter().map(|(pointer, _)| pointer.as_str()));
+        Self::new(sources.chain(matches))
+    }
+
+    /// Where the value at `pointer` is noted, if the set has it.
+    fn slot(&self, pointer: &str) -> Option<usize> {
+        let mut node = &self.root;
+        if !pointer.is_empty() {
+            for token in pointer.strip_prefix('/')?.split('/') {
+                let token = unescape(token);
+                node = &node
+                    .children
+                    .iter()
+                    .find(|child| child.token == token)?
+                    .node;
+            }
+        }
+        node.slot
+    }
+}
 
 /// A validated JSON document, borrowed from the request body.
 #[derive(Debug, Clone)]
 pub struct Payload<'a> {
-    /// The whole document (valid JSON, so valid UTF-8), made text only when a lookup walks
-    /// it: with an object root, lookups start from `members` and never need it.
-    root: &'a [u8],
-    /// The root object's members in document order; `None` if the root is not an object.
-    members: Option<Vec<(Key<'a>, &'a RawValue)>>,
+    /// The whole document.
+    root: &'a str,
+    pointers: &'a Pointers,
+    /// The raw value at each of `pointers`, by slot.
+    found: Vec<Option<&'a RawValue>>,
 }
 
 impl<'a> Payload<'a> {
-    /// Checks that `body` is one JSON document, in one pass that builds nothing but the
-    /// list of where the root's members are.
+    /// Checks that `body` is one JSON document (in UTF-8), noting nothing: every lookup
+    /// walks the text.
     ///
     /// # Errors
     /// The JSON syntax error, with its position.
     pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
-        let is_object = body.trim_ascii_start().first() == Some(&b'{');
-        if !is_object {
-            let root: &'a RawValue = serde_json::from_slice(body)?;
-            return Ok(Self {
-                root: root.get().as_bytes(),
-                members: None,
-            });
+        Self::parse_noting(body, &NO_POINTERS)
+    }
+
+    /// Checks that `body` is one JSON document (in UTF-8) in one pass, which notes where the
+    /// value at each of `pointers` is.
+    ///
+    /// # Errors
+    /// The JSON syntax error, with its position.
+    pub fn parse_noting(body: &'a [u8], pointers: &'a Pointers) -> Result<Self, serde_json::Error> {
+        // Checked here because the pass below does not check strings it skips.
+        let Ok(text) = std::str::from_utf8(body) else {
+            return Err(utf8_error(body));
+        };
+        let mut found = vec![None; pointers.count];
+        let mut json = serde_json::Deserializer::from_str(text);
+        Walk {
+            node: &pointers.root,
+            found: &mut found,
         }
-        let Members(members) = serde_json::from_slice(body)?;
+        .deserialize(&mut json)?;
+        json.end()?;
         Ok(Self {
-            root: body.trim_ascii(),
-            members: Some(members),
+            root: text.trim_ascii(),
+            pointers,
+            found,
         })
     }
 
     /// The value at JSON pointer `pointer` (RFC 6901), if there is one.
     pub fn get(&self, pointer: &str) -> Option<Value> {
-        // Valid JSON is valid UTF-8 (strings were checked; the rest is ASCII): this does not
-        // fail, and runs only for a lookup of the whole document or in a non-object root.
-        let root = || std::str::from_utf8(self.root).ok();
-        if pointer.is_empty() {
-            return serde_json::from_str(root()?).ok();
-        }
-        let mut tokens = pointer.strip_prefix('/')?.split('/');
-        let first = unescape(tokens.next()?);
-        let mut current = match &self.members {
-            // Like `serde_json::Value`, the last of duplicate keys wins.
-            Some(members) => members
-                .iter()
-                .rev()
-                .find(|(key, _)| key.0 == first)
-                .map(|(_, value)| value.get())?,
-            None => child(root()?, &first)?,
+        let text = match self.pointers.slot(pointer) {
+            Some(slot) => self.found[slot]?.get(),
+            None => walk(self.root, pointer)?,
         };
-        for token in tokens {
-            current = child(current, &unescape(token))?;
-        }
-        serde_json::from_str(current).ok()
+        serde_json::from_str(text).ok()
     }
 }
 
-/// The members of a JSON object, each as the raw text of its value.
-struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);
+/// serde_json's own error for a body that is not UTF-8: where the bad byte is.
+fn utf8_error(body: &[u8]) -> serde_json::Error {
+    // Taking the document as raw text checks its UTF-8 (which skipping it does not).
+    match serde_json::from_slice::<&RawValue>(body) {
+        Err(error) => error,
+        Ok(_) => serde::de::Error::custom("the body is not valid UTF-8"),
+    }
+}
 
-impl<'de> serde::Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MembersVisitor;
-        impl<'de> Visitor<'de> for MembersVisitor {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
+/// Notes, in `found`, the raw value at each pointer ending at or below `node`, skipping
+/// (but still checking) the rest.
+struct Walk<'n, 'f, 'a> {
+    node: &'n Node,
+    found: &'f mut [Option<&'a RawValue>],
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        let Walk { node, found } = self;
+        match (node.slot, node.children.is_empty()) {
+            (None, true) => IgnoredAny::deserialize(deserializer).map(drop),
+            (Some(slot), true) => {
+                found[slot] = Some(<&RawValue>::deserialize(deserializer)?);
+                Ok(())
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    members.push((key, map.next_value()?));
-                }
-                Ok(Members(members))
+            (None, false) => deserializer.deserialize_any(Below { node, found }),
+            // A pointer ends here and others go on below (rare): keep the text, then walk it.
+            (Some(slot), false) => {
+                let raw = <&RawValue>::deserialize(deserializer)?;
+                found[slot] = Some(raw);
+                let mut json = serde_json::Deserializer::from_str(raw.get());
+                json.deserialize_any(Below { node, found })
+                    .map_err(<D::Error as serde::de::Error>::custom)
             }
         }
-        deserializer.deserialize_map(MembersVisitor)
     }
+}
+
+/// Visits the value at `node`, whatever it is, walking into the members or elements that
+/// the pointers below go on to.
+struct Below<'n, 'f, 'a> {
+    node: &'n Node,
+    found: &'f mut [Option<&'a RawValue>],
+}
+
+impl Below<'_, '_, '_> {
+    /// Forgets every value noted at or below `node`: a later duplicate key replaces the
+    /// earlier value whole, as in `serde_json::Value`.
+    fn forget(node: &Node, found: &mut [Option<&RawValue>]) {
+        if let Some(slot) = node.slot {
+            found[slot] = None;
+        }
+        for child in &node.children {
+            Self::forget(&child.node, found);
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Below<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(key)) = map.next_key()? {
+            match self.node.children.iter().find(|child| child.token == key) {
+                Some(child) => {
+                    Self::forget(&child.node, self.found);
+                    map.next_value_seed(Walk {
+                        node: &child.node,
+                        found: self.found,
+                    })?;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        for index in 0.. {
+            let child = self
+                .node
+                .children
+                .iter()
+                .find(|child| child.index == Some(index));
+            let more = match child {
+                Some(child) => seq
+                    .next_element_seed(Walk {
+                        node: &child.node,
+                        found: self.found,
+                    })?
+                    .is_some(),
+                None => seq.next_element::<IgnoredAny>()?.is_some(),
+            };
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    // A scalar has nothing below it.
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// The raw text at `pointer` in `root`, by walking the text (for a pointer not noted).
+fn walk<'a>(root: &'a str, pointer: &str) -> Option<&'a str> {
+    if pointer.is_empty() {
+        return Some(root);
+    }
+    let mut current = root;
+    for token in pointer.strip_prefix('/')?.split('/') {
+        current = child(current, &unescape(token))?;
+    }
+    Some(current)
 }
 
 fn unescape(token: &str) -> Cow<'_, str> {
@@ -106,13 +322,21 @@ fn unescape(token: &str) -> Cow<'_, str> {
     }
 }
 
+/// `token` as an array index: decimal digits without a sign or leading zeros (RFC 6901).
+fn array_index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() > 1) {
+        return None;
+    }
+    token.parse().ok()
+}
+
 /// The member `token` of an object, or the element `token` of an array, as raw text.
 fn child<'a>(text: &'a str, token: &str) -> Option<&'a str> {
     let mut json = serde_json::Deserializer::from_str(text);
     match text.trim_start().as_bytes().first()? {
         b'{' => Member(token).deserialize(&mut json).ok().flatten(),
         b'[' => {
-            let index = token.parse().ok()?;
+            let index = array_index(token)?;
             Element(index).deserialize(&mut json).ok().flatten()
         }
         _ => None,
@@ -217,39 +441,100 @@ mod tests {
     const BODY: &str = r#" {"event": {"id": 5367, "type": "fulfilment_pending"},
         "data": {"campaign": {"id": 41001}, "list": [10, {"x": "y"}, 30],
                  "a/b": {"m~n": true}, "esc\u0061ped": "yes", "dup": 1, "dup": 2},
+        "twice": {"k": 1, "gone": true, "list": [1, 2]}, "twice": {"k": 2, "list": "x"},
         "top": 1, "t\u006fp": 2, "~/": {"k": "v"}} "#;
 
-    #[test]
-    fn looks_up_values_like_value_pointer_does() {
-        let payload = Payload::parse(BODY.as_bytes()).unwrap();
+    const POINTERS: [&str; 25] = [
+        "/event/id",
+        "/event/type",
+        "/data/campaign/id",
+        "/data/list/0",
+        "/data/list/1/x",
+        "/data/list/2",
+        "/data/a~1b/m~0n",
+        "/data/escaped",
+        "/data/dup",
+        "/twice/k",
+        "/twice/gone",
+        "/twice/list/0",
+        "/top",
+        "/~0~1/k",
+        "/event",
+        "",
+        "/missing",
+        "/data/list/3",
+        "/data/list/x",
+        "/data/list/01",
+        "/event/id/deeper",
+        "/data/campaign/id/",
+        "/",
+        "no-leading-slash",
+        "/data/list/1",
+    ];
+
+    fn assert_like_value_pointer(payload: &Payload<'_>, pointers: &[&str]) {
         let tree: Value = serde_json::from_str(BODY).unwrap();
-        for pointer in [
-            "/event/id",
-            "/event/type",
-            "/data/campaign/id",
-            "/data/list/0",
-            "/data/list/1/x",
-            "/data/list/2",
-            "/data/a~1b/m~0n",
-            "/data/escaped",
-            "/data/dup",
-            "/top",
-            "/~0~1/k",
-            "/event",
-            "",
-            "/missing",
-            "/data/list/3",
-            "/data/list/x",
-            "/event/id/deeper",
-            "no-leading-slash",
-        ] {
+        for pointer in pointers {
             assert_eq!(
                 payload.get(pointer),
                 tree.pointer(pointer).cloned(),
                 "{pointer:?}"
             );
         }
+    }
+
+    #[test]
+    fn looks_up_values_like_value_pointer_does() {
+        let payload = Payload::parse(BODY.as_bytes()).unwrap();
+        assert_like_value_pointer(&payload, &POINTERS);
         assert_eq!(payload.get("/data/campaign/id"), Some(json!(41001)));
+    }
+
+    /// The values noted in the validating pass are the ones a walk finds: the last of
+    /// duplicate keys, escaped keys, array elements, a pointer that ends where others go on.
+    #[test]
+    fn noted_values_are_the_ones_value_pointer_finds() {
+        let every = Pointers::new(POINTERS);
+        let payload = Payload::parse_noting(BODY.as_bytes(), &every).unwrap();
+        assert!(
+            payload.found.iter().any(Option::is_some),
+            "nothing was noted"
+        );
+        assert_like_value_pointer(&payload, &POINTERS);
+        assert_eq!(payload.get("/twice/k"), Some(json!(2)));
+        assert_eq!(
+            payload.get("/twice/gone"),
+            None,
+            "from the replaced duplicate"
+        );
+
+        // Noting some pointers, the others are still answered by walking the text.
+        let some = Pointers::new(["/data/campaign/id", "/twice/k"]);
+        let payload = Payload::parse_noting(BODY.as_bytes(), &some).unwrap();
+        assert_like_value_pointer(&payload, &POINTERS);
+    }
+
+    #[test]
+    fn a_noted_pointer_reads_its_slot_not_the_text() {
+        let pointers = Pointers::new(["/event/id"]);
+        let mut payload = Payload::parse_noting(BODY.as_bytes(), &pointers).unwrap();
+        assert_eq!(payload.get("/event/id"), Some(json!(5367)));
+        payload.found[0] = None;
+        assert_eq!(payload.get("/event/id"), None);
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_skipped_string_is_refused() {
+        let body = b"{\"event\": {\"id\": 1}, \"data\": {\"name\": \"\xff\"}}";
+        for pointers in [Pointers::default(), Pointers::new(["/event/id"])] {
+            let error = Payload::parse_noting(body, &pointers).unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .contains("invalid unicode code point at line 1"),
+                "{error}"
+            );
+        }
     }
 
     #[test]
@@ -280,5 +565,7 @@ mod tests {
         assert!(Payload::parse(deep.as_bytes()).is_err());
         let deep_in_an_object = format!("{{\"a\": {deep}");
         assert!(Payload::parse(deep_in_an_object.as_bytes()).is_err());
+        let noted = Pointers::new(["/a/0/0/0"]);
+        assert!(Payload::parse_noting(deep_in_an_object.as_bytes(), &noted).is_err());
     }
 }

@@ -35,9 +35,9 @@ impl Router {
     }
 }
 
-/// The payload's values at the pointers routes test, each read at most once per event: a
-/// lookup scans the JSON text, and the usual FirstPromoter table has one route per campaign,
-/// all testing `/data/campaign/id`.
+/// The payload's values at the pointers routes test, each materialised at most once per
+/// event: the usual FirstPromoter table has one route per campaign, all testing
+/// `/data/campaign/id`.
 struct Fields<'r, 'p, 'a> {
     payload: &'p Payload<'a>,
     /// By pointer (borrowed from the route table).
