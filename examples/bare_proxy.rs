@@ -1,0 +1,130 @@
+//! The floor of hookgate's stack: a proxy that does nothing but relay, on the same crates and
+//! runtime layout as `hookgate serve` (one single-threaded tokio runtime per core with its own
+//! `SO_REUSEPORT` listener, hyper's HTTP/1 server, hyper-util's pooled client, mimalloc).
+//! No JSON, no verification, no dedup, no limits, no signing, no logging, no metrics.
+//!
+//! It answers "what would any gateway built on hyper + tokio cost per request on this machine,
+//! before doing any work of its own?" (BENCHMARKS.md). Not a product: no timeouts, no limits.
+//!
+//! ```text
+//! cargo build --release --example bare_proxy
+//! GATEWAY_CMD='exec target/release/examples/bare_proxy' TARGETS='direct nginx candidate' \
+//!   ../shared/bench/run.sh
+//! ```
+//! Environment: `UPSTREAM_URL` (set by run.sh; default `http://127.0.0.1:24081`),
+//! `BARE_LISTEN` (default `127.0.0.1:24090`, run.sh's gateway port), `BARE_WORKERS` (cores).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpSocket;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+type Upstream = Client<HttpConnector, Full<Bytes>>;
+
+fn main() -> anyhow::Result<()> {
+    let listen: SocketAddr = std::env::var("BARE_LISTEN")
+        .unwrap_or_else(|_| "127.0.0.1:24090".to_owned())
+        .parse()?;
+    let upstream =
+        std::env::var("UPSTREAM_URL").unwrap_or_else(|_| "http://127.0.0.1:24081".into());
+    let workers = match std::env::var("BARE_WORKERS") {
+        Ok(count) => count.parse()?,
+        Err(_) => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || worker(listen, upstream))
+        })
+        .collect();
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+    }
+    Ok(())
+}
+
+fn worker(listen: SocketAddr, upstream: String) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(listen)?;
+        let listener = socket.listen(1024)?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Upstream = Client::builder(TokioExecutor::new()).build(connector);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            let client = client.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let service =
+                    service_fn(move |request| relay(client.clone(), upstream.clone(), request));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+/// Reads the whole body (as a gateway that checks it must), forwards it, relays the answer.
+async fn relay(
+    client: Upstream,
+    upstream: String,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let failed = |status: u16| {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"relay failed")));
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+        Ok(response)
+    };
+    let (parts, body) = request.into_parts();
+    let Ok(body) = body.collect().await.map(|body| body.to_bytes()) else {
+        return failed(400);
+    };
+    let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+    let Ok(uri) = format!("{upstream}{path}").parse::<Uri>() else {
+        return failed(500);
+    };
+    let mut forward = Request::new(Full::new(body));
+    *forward.method_mut() = parts.method;
+    *forward.uri_mut() = uri;
+    if let Some(content_type) = parts.headers.get(http::header::CONTENT_TYPE) {
+        forward
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, content_type.clone());
+    }
+    let Ok(answer) = client.request(forward).await else {
+        return failed(502);
+    };
+    let (parts, body) = answer.into_parts();
+    let Ok(body) = body.collect().await.map(|body| body.to_bytes()) else {
+        return failed(502);
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = parts.status;
+    if let Some(content_type) = parts.headers.get(http::header::CONTENT_TYPE) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, content_type.clone());
+    }
+    Ok(response)
+}
