@@ -568,4 +568,75 @@ mod tests {
         let noted = Pointers::new(["/a/0/0/0"]);
         assert!(Payload::parse_noting(deep_in_an_object.as_bytes(), &noted).is_err());
     }
+
+    /// Random documents (nested objects with duplicate and escaped keys, arrays, scalars)
+    /// and random pointers: every lookup, noted or walked, agrees with `Value::pointer`.
+    #[test]
+    fn random_documents_agree_with_value_pointer() {
+        // Keys as written in the JSON text, and the pointer tokens that name them (or not).
+        const KEYS: [&str; 6] = ["a", "b", "0", "1", "a/b", "\\u0061"];
+        const TOKENS: [&str; 8] = ["a", "b", "0", "1", "01", "a~1b", "2", "x"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |below: usize| {
+            // xorshift64: reproducible, no dependency.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        fn document(depth: usize, next: &mut impl FnMut(usize) -> usize, out: &mut String) {
+            match if depth == 0 { 2 + next(3) } else { next(5) } {
+                0 => {
+                    out.push('{');
+                    for member in 0..next(5) {
+                        if member > 0 {
+                            out.push(',');
+                        }
+                        out.push('"');
+                        out.push_str(KEYS[next(KEYS.len())]);
+                        out.push_str("\":");
+                        document(depth - 1, next, out);
+                    }
+                    out.push('}');
+                }
+                1 => {
+                    out.push('[');
+                    for element in 0..next(4) {
+                        if element > 0 {
+                            out.push(',');
+                        }
+                        document(depth - 1, next, out);
+                    }
+                    out.push(']');
+                }
+                2 => out.push_str(["1", "-2.5", "1e3", "18446744073709551616"][next(4)]),
+                3 => out.push_str(["\"s\"", "\"\\u00e9\\n\"", "\"\""][next(3)]),
+                _ => out.push_str(["true", "false", "null"][next(3)]),
+            }
+        }
+        for _ in 0..3000 {
+            let mut text = String::new();
+            document(4, &mut next, &mut text);
+            let tree: Value = serde_json::from_str(&text).unwrap();
+            let pointers: Vec<String> = (0..6)
+                .map(|_| {
+                    (0..next(5))
+                        .map(|_| format!("/{}", TOKENS[next(TOKENS.len())]))
+                        .collect()
+                })
+                .collect();
+            let every = Pointers::new(pointers.iter().map(String::as_str));
+            let half = Pointers::new(pointers.iter().step_by(2).map(String::as_str));
+            for noted in [&every, &half, &NO_POINTERS] {
+                let payload = Payload::parse_noting(text.as_bytes(), noted).unwrap();
+                for pointer in &pointers {
+                    assert_eq!(
+                        payload.get(pointer),
+                        tree.pointer(pointer).cloned(),
+                        "{pointer:?} in {text}"
+                    );
+                }
+            }
+        }
+    }
 }
