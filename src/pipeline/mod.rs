@@ -469,12 +469,11 @@ async fn wait_until(pending: Vec<Pending>, deadline: Instant) -> Vec<Option<Arc<
     for entry in pending {
         outcomes.push(match entry {
             Pending::Ready(outcome) => Some(outcome),
-            Pending::Waiting(mut outcome_rx) => {
-                match tokio::time::timeout_at(deadline, outcome_rx.wait_for(Option::is_some)).await
-                {
-                    Ok(Ok(outcome)) => outcome.clone(),
+            Pending::Waiting(outcome_rx) => {
+                match tokio::time::timeout_at(deadline, outcome_rx.outcome()).await {
+                    Ok(Some(outcome)) => Some(outcome),
                     // The forward task ended without publishing: it panicked.
-                    Ok(Err(_closed)) => Some(Arc::new(Outcome::Lost)),
+                    Ok(None) => Some(Arc::new(Outcome::Lost)),
                     Err(_elapsed) => None,
                 }
             }

@@ -14,6 +14,7 @@
 //! claims the key in Redis, so the same holds across replicas; the local records are then a
 //! copy that spares Redis a round trip for duplicates this replica has already seen.
 
+mod published;
 pub mod redis;
 mod shard;
 
@@ -21,8 +22,6 @@ use std::hash::BuildHasher;
 use std::hash::RandomState;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-use tokio::sync::watch;
 
 use self::redis::RedisStore;
 use self::shard::{Fingerprint, Shard, StoredAnswer};
@@ -56,8 +55,8 @@ impl DedupKey {
     }
 }
 
-/// Receives the outcome of a forward; `None` until it is known.
-pub type OutcomeRx = watch::Receiver<Option<Arc<Outcome>>>;
+pub use published::OutcomeRx;
+use published::{publication, Publisher};
 
 /// Recorded answers plus the forwards in flight, in shards chosen by the key's fingerprint:
 /// a claim locks one shard, briefly, and never across an await.
@@ -136,13 +135,13 @@ impl Dedup {
         if let Some(outcome_rx) = shard.in_flight.get(&fingerprint) {
             return Claim::InFlight(outcome_rx.clone());
         }
-        let (outcome_tx, outcome_rx) = watch::channel(None);
+        let (publisher, outcome_rx) = publication();
         shard.in_flight.insert(fingerprint, outcome_rx);
         Claim::Leader(Lease {
             dedup: Arc::clone(self),
             key: DedupKey::new(source, upstream, event_id),
             fingerprint,
-            outcome_tx,
+            publisher,
             released: false,
         })
     }
@@ -193,12 +192,13 @@ impl Dedup {
 /// The right and duty to forward one key and publish its outcome.
 ///
 /// Dropped without [`Lease::complete`] (a panicking forward task), it still releases the
-/// in-flight entry; waiters then see the channel close and answer 502, and a retry forwards.
+/// in-flight entry; waiters then learn there is no outcome and answer 502, and a retry
+/// forwards.
 pub struct Lease {
     dedup: Arc<Dedup>,
     key: DedupKey,
     fingerprint: Fingerprint,
-    outcome_tx: watch::Sender<Option<Arc<Outcome>>>,
+    publisher: Publisher,
     released: bool,
 }
 
@@ -210,7 +210,7 @@ impl Lease {
 
     /// A receiver for this lease's outcome.
     pub fn subscribe(&self) -> OutcomeRx {
-        self.outcome_tx.subscribe()
+        self.publisher.subscribe()
     }
 
     /// Records a 2xx answer, releases the key and wakes every waiter with `outcome`.
@@ -239,7 +239,7 @@ impl Lease {
             shard.in_flight.remove(&self.fingerprint);
             self.released = true;
         }
-        self.outcome_tx.send_replace(Some(outcome));
+        self.publisher.publish(outcome);
     }
 }
 
@@ -311,12 +311,16 @@ mod tests {
         let Claim::Leader(lease) = claim(&dedup, "1") else {
             panic!("first claim must lead")
         };
-        let Claim::InFlight(mut waiter) = claim(&dedup, "1") else {
+        let Claim::InFlight(waiter) = claim(&dedup, "1") else {
             panic!("second claim must wait")
         };
+        assert!(waiter.published().is_none(), "nothing is published yet");
         lease.complete(answered(200));
-        // The lease is gone, so the channel is closed, but the value stays readable.
-        let outcome = waiter.borrow_and_update().clone().unwrap();
+        // The lease is gone, but what it published stays readable.
+        let outcome = waiter
+            .published()
+            .flatten()
+            .expect("the outcome is published");
         assert!(matches!(&*outcome, Outcome::Answered(r) if r.status == 200));
     }
 
@@ -350,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_lease_releases_the_key_and_closes_the_channel() {
+    fn a_dropped_lease_releases_the_key_and_publishes_no_outcome() {
         let dedup = store();
         let Claim::Leader(lease) = claim(&dedup, "1") else {
             panic!("first claim must lead")
@@ -358,10 +362,11 @@ mod tests {
         let Claim::InFlight(waiter) = claim(&dedup, "1") else {
             panic!("second claim must wait")
         };
+        assert!(waiter.published().is_none(), "nothing is published yet");
         drop(lease);
         assert!(
-            waiter.has_changed().is_err(),
-            "waiters see the closed channel"
+            matches!(waiter.published(), Some(None)),
+            "waiters learn the lease was given up"
         );
         assert!(matches!(claim(&dedup, "1"), Claim::Leader(_)));
     }
