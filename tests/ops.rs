@@ -386,3 +386,55 @@ async fn sigterm_drains_and_relays_the_real_answer() {
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A drain that `shutdown_timeout` cuts short is said once, whatever the number of workers
+/// (each worker waits on the same forwards, so all of them time out together), and the
+/// process still exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_cut_short_is_reported_once() {
+    let upstream = FakeUpstream::start(Reply::json(200, r#"{"fulfilled":true}"#)).await;
+    upstream.hold();
+    let dir = TempDir::new("ops-drain-timeout");
+    let text = config(&upstream.url("/hook"), "").replacen(
+        "[server]\n",
+        "[server]\nworkers = 3\nshutdown_timeout = \"1s\"\n",
+        1,
+    );
+    let path = dir.write("config.toml", text);
+    let child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args([
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let lines = log_lines(&mut child);
+    let listening = wait_for_log(&lines, "with the listen address", |log| log["workers"] == 3);
+    let gateway = listening["listen"].as_str().unwrap().to_owned();
+    let held = Sender::http1().spawn_post(
+        format!("http://{gateway}/fp"),
+        event(json!(1), "fulfilment_pending"),
+    );
+    upstream.wait_for_count(1).await;
+    signal(&child, "TERM");
+    let status = wait_for_exit(&mut child).await;
+    assert_eq!(status.code(), Some(0));
+    // The child has exited: its stdout ends, and so do the lines.
+    let warnings = lines
+        .iter()
+        .filter(|log| log["message"] == "shutdown_timeout passed with requests still in flight")
+        .count();
+    assert_eq!(warnings, 1, "the cut-short drain is reported once");
+    let answer = bounded("the held request's end", held).await;
+    assert!(
+        !answer.is_ok_and(|answer| answer.status == 200),
+        "a request cut off by the drain must not look like a success"
+    );
+    upstream.release(1);
+}

@@ -73,11 +73,36 @@ pub async fn serve_with_tls(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let connection_slots = Arc::new(Semaphore::new(server.max_connections));
-    accept_and_drain(listener, gateway, server, tls, connection_slots, shutdown).await
+    let drain =
+        accept_and_drain(listener, gateway, server, tls, connection_slots, shutdown).await?;
+    drain.report(server.shutdown_timeout);
+    Ok(())
 }
 
-/// The accept loop of one listener, then its drain. `connection_slots` may be shared by
-/// several listeners, so that `max_connections` bounds them together.
+/// How a listener's drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drain {
+    /// Every connection and forward finished.
+    Finished,
+    /// `shutdown_timeout` passed first; what was left is cut off with the runtime.
+    TimedOut,
+}
+
+impl Drain {
+    /// Warns if the drain timed out. Said once per process, not once per listener: every
+    /// worker waits on the same forwards, so they all time out together.
+    pub(crate) fn report(self, shutdown_timeout: Duration) {
+        if self == Self::TimedOut {
+            tracing::warn!(
+                timeout = ?shutdown_timeout,
+                "shutdown_timeout passed with requests still in flight"
+            );
+        }
+    }
+}
+
+/// The accept loop of one listener, then its drain (reported by the caller). `connection_slots`
+/// may be shared by several listeners, so that `max_connections` bounds them together.
 async fn accept_and_drain(
     listener: TcpListener,
     gateway: Arc<ArcSwap<Gateway>>,
@@ -85,7 +110,7 @@ async fn accept_and_drain(
     tls: Option<Arc<TlsTerminator>>,
     connection_slots: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Drain> {
     let builder = Arc::new(connection_builder());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -152,16 +177,12 @@ async fn accept_and_drain(
         graceful.shutdown().await;
         forwards.wait().await;
     };
-    if tokio::time::timeout(server.shutdown_timeout, drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            timeout = ?server.shutdown_timeout,
-            "shutdown_timeout passed with requests still in flight"
-        );
-    }
-    Ok(())
+    Ok(
+        match tokio::time::timeout(server.shutdown_timeout, drain).await {
+            Ok(()) => Drain::Finished,
+            Err(_elapsed) => Drain::TimedOut,
+        },
+    )
 }
 
 /// One accepted connection, ready to be served once its transport is (after TLS, if any).

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::tls::TlsTerminator;
+use super::Drain;
 use crate::config::ServerConfig;
 use crate::pipeline::Gateway;
 use crate::{logbuf, upstream};
@@ -109,14 +110,20 @@ pub async fn serve_workers(
     }
     stop.cancel();
     let mut first_error = None;
+    let mut drain = Drain::Finished;
     for done in workers {
         let result = done
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("a worker thread panicked")));
-        if let Err(error) = result {
-            first_error.get_or_insert(error);
+        match result {
+            Ok(Drain::TimedOut) => drain = Drain::TimedOut,
+            Ok(Drain::Finished) => {}
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
         }
     }
+    drain.report(server.shutdown_timeout);
     first_error.map_or(Ok(()), Err)
 }
 
@@ -130,7 +137,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self, listener: std::net::TcpListener) -> anyhow::Result<()> {
+    fn run(self, listener: std::net::TcpListener) -> anyhow::Result<Drain> {
         let stop = self.stop.clone();
         let served = self.serve(listener);
         if let Err(error) = &served {
@@ -143,7 +150,7 @@ impl Worker {
         served
     }
 
-    fn serve(self, listener: std::net::TcpListener) -> anyhow::Result<()> {
+    fn serve(self, listener: std::net::TcpListener) -> anyhow::Result<Drain> {
         upstream::set_worker_index(self.index);
         logbuf::batch_this_thread();
         let runtime = tokio::runtime::Builder::new_current_thread()
