@@ -27,6 +27,12 @@
 #   BODY              JSON fixture (default bench/fixtures/fulfilment_pending.json)
 #   PORT_BASE=24200   ports PORT_BASE+1..+11 on 127.0.0.1 (keep below 32768)
 #   KEEP_TMP=1        keep the temp dir (configs, logs, raw wrk output)
+#   COUNT=cpu         cpu (default): CPU time per request of each proxy (/proc).
+#                     instructions: hookgate instances run under valgrind's callgrind, and
+#                     their column is thousands of instructions per request in the measured
+#                     window (nginx rows then show no figure). Deterministic where CPU time
+#                     is not: for an A/B of small changes with HOOKGATE_BIN_B. ~50x slower,
+#                     so use few connections (CONNS=8). Needs valgrind.
 #   RUST_LOG          passed to hookgate (default: its own, info = one log line per event)
 set -euo pipefail
 
@@ -53,6 +59,7 @@ HOOKGATE_BIN="${HOOKGATE_BIN:-}"
 HOOKGATE_BIN_B="${HOOKGATE_BIN_B:-}"
 PORT_BASE="${PORT_BASE:-24200}"
 KEEP_TMP="${KEEP_TMP:-0}"
+COUNT="${COUNT:-cpu}"
 URL_PATH="/webhooks/firstpromoter"
 
 log()  { echo "# $*" >&2; }
@@ -95,6 +102,14 @@ for t in $TARGETS; do
   esac
 done
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
+case "$COUNT" in
+  cpu) ;;
+  instructions)
+    if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then
+      die "COUNT=instructions needs valgrind (apt-get install -y valgrind)"
+    fi ;;
+  *) die "COUNT must be cpu or instructions, not $COUNT" ;;
+esac
 
 UP_PORT=$(( PORT_BASE + 1 ))        # upstream (nginx return 200)
 NGINX_PORT=$(( PORT_BASE + 2 ))     # reference proxy
@@ -363,7 +378,12 @@ start_hookgate() { # $1 = name, $2 = port, $3 = admin port, $4 = tls (0|1), $5 =
   hookgate_config "$2" "$3" "$4" "$stages" >"$conf"
   "$bin" check --config "$conf" >"$TMP/$1.check" 2>&1 \
     || die "hookgate check rejected the generated config:"$'\n'"$(cat "$TMP/$1.check")"
-  "$bin" --log-format json serve --config "$conf" </dev/null >"$TMP/$1.log" 2>&1 &
+  local -a under=()
+  if [[ "$COUNT" == instructions ]]; then
+    # Counting starts off; measure() turns it on for the measured window only.
+    under=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$TMP/$1.cg.%p")
+  fi
+  "${under[@]}" "$bin" --log-format json serve --config "$conf" </dev/null >"$TMP/$1.log" 2>&1 &
   STARTED_PID=$!
   HG_PIDS+=("$STARTED_PID")
   wait_for "http://127.0.0.1:$3/healthz" "$STARTED_PID" \
@@ -424,6 +444,31 @@ tree_switches() { # context switches (voluntary + not) of every thread of $1 and
   done
   echo "$total"
 }
+instructions() { # callgrind's instruction count in $1 since its last dump (dumps it now)
+  local last=0 file number _
+  last_dump() { # the highest dump number of pid $1 so far (dumps are <name>.cg.<pid>.<n>)
+    local max=0 f n
+    for f in "$TMP"/*.cg."$1".*; do
+      [[ -e "$f" ]] || continue
+      n="${f##*.}"; [[ "$n" =~ ^[0-9]+$ ]] && (( n > max )) && max=$n
+    done
+    echo "$max"
+  }
+  last="$(last_dump "$1")"
+  callgrind_control --dump "$1" >/dev/null 2>&1 || { echo -; return; }
+  for _ in $(seq 100); do   # the dump is written asynchronously: wait for its last line
+    number="$(last_dump "$1")"
+    if (( number > last )); then
+      file="$(echo "$TMP"/*.cg."$1"."$number")"
+      if grep -q '^totals:' "$file" 2>/dev/null; then
+        awk '$1 == "totals:" { print $2; exit }' "$file"
+        return
+      fi
+    fi
+    sleep 0.1
+  done
+  echo -
+}
 upstream_count() { curl -s --max-time 2 "http://127.0.0.1:$UP_PORT/__count" | awk 'NR == 3 { print $3 }'; }
 replays() { # hookgate_dedup_hits_total of the instance whose admin port is $1
   curl -s --max-time 2 "http://127.0.0.1:$1/metrics" \
@@ -457,7 +502,8 @@ declare -A ADMIN=( [hookgate]="$HG_ADMIN" [hookgate-dup]="$HG_ADMIN" [hookgate-t
                    [hookgate-off]="$HGO_ADMIN" [hookgate-b]="$HGB_ADMIN" [hookgate-b-dup]="$HGB_ADMIN" )
 
 RAW="$TMP/runs.tsv"
-printf 'round\ttarget\tids\treq/s\tp50_ms\tp99_ms\tnon2xx\tsock_err\tcpu_us/req\trequests\tupstream_got\treplays\tdup_hdr\tcheck\tcs/req\n' >"$RAW"
+COST="cpu_us/req"; [[ "$COUNT" == instructions ]] && COST="kinstr/req"
+printf 'round\ttarget\tids\treq/s\tp50_ms\tp99_ms\tnon2xx\tsock_err\t%s\trequests\tupstream_got\treplays\tdup_hdr\tcheck\tcs/req\n' "$COST" >"$RAW"
 INVALID=0
 
 measure() { # $1 = round, $2 = target
@@ -468,8 +514,21 @@ measure() { # $1 = round, $2 = target
   u0="$(upstream_count)"
   [[ -n "$admin" ]] && r0="$(replays "$admin")"
   [[ -n "$ppid" ]] && c0="$(tree_ticks "$ppid")" && s0="$(tree_switches "$ppid")"
+  local counted=""
+  if [[ "$COUNT" == instructions && -n "$admin" ]]; then
+    instructions "$ppid" >/dev/null   # drops what the warm-up left uncounted
+    callgrind_control --instr=on "$ppid" >/dev/null
+  fi
   run_wrk "$url" "$ids" "$DURATION" "$out" || warn "$t: wrk exited non-zero"
   [[ -n "$ppid" ]] && c1="$(tree_ticks "$ppid")" && s1="$(tree_switches "$ppid")"
+  if [[ "$COUNT" == instructions ]]; then
+    if [[ -n "$admin" ]]; then
+      counted="$(instructions "$ppid")"
+      callgrind_control --instr=off "$ppid" >/dev/null
+    else
+      counted="-"
+    fi
+  fi
   [[ -n "$admin" ]] && r1="$(replays "$admin")"
   u1="$(upstream_count)"
   local result; result="$(grep '^RESULT ' "$out" | tail -1 || true)"
@@ -481,6 +540,7 @@ measure() { # $1 = round, $2 = target
   # upstream_got: requests the upstream served in the window (minus the second /__count itself)
   awk -v round="$1" -v t="$t" -v ids="$ids" -v res="$result" -v tck="$CLK_TCK" \
       -v cpu="$([[ -n "$ppid" ]] && echo $(( c1 - c0 )) || echo -)" -v got=$(( u1 - u0 - 1 )) \
+      -v counted="$counted" \
       -v cs="$([[ -n "$ppid" ]] && echo $(( s1 - s0 )) || echo -)" \
       -v rep="$([[ -n "$admin" ]] && echo $(( r1 - r0 )) || echo -)" -v conns="$CONNS" '
     BEGIN {
@@ -488,6 +548,7 @@ measure() { # $1 = round, $2 = target
       for (i = 2; i <= n; i++) { split(kv[i], a, "="); r[a[1]] = a[2] }
       req = r["requests"] + 0
       cpu_req = (cpu == "-" || req == 0) ? "-" : sprintf("%.1f", cpu / tck * 1e6 / req)
+      if (counted != "") cpu_req = (counted == "-" || req == 0) ? "-" : sprintf("%.1f", counted / 1000 / req)
       cs_req = (cs == "-" || req == 0) ? "-" : sprintf("%.3f", cs / req)
       check = ""
       if (r["non2xx"] > 0) check = check sprintf("INVALID:%d_non2xx(last_HTTP_%d),", r["non2xx"], r["bad_status"])
@@ -533,13 +594,14 @@ done
 
 # ------------------------------------------------------------------ report --
 echo
-echo "== runs (cpu_us/req: CPU time of the proxy's processes per request; cs/req: their context"
+echo "== runs (cpu_us/req: CPU time of the proxy's processes per request, or with COUNT=instructions"
+echo "   kinstr/req: thousands of instructions hookgate ran per request; cs/req: their context"
 echo "   switches per request, voluntary and not; upstream_got: requests the"
 echo "   upstream served in the window; replays: hookgate_dedup_hits_total delta; dup_hdr: answers"
 echo "   carrying hookgate-duplicate)"
 column -t -s $'\t' "$RAW" 2>/dev/null || cat "$RAW"
 echo
-awk -F'\t' -v order="$TARGETS" -v rounds="$ROUNDS" -v stages="$STAGES" '
+awk -F'\t' -v order="$TARGETS" -v rounds="$ROUNDS" -v stages="$STAGES" -v cost="$COST" '
   function median(s,   v, n, i, j, x) {
     n = split(s, v, " "); if (n == 0) return ""
     for (i = 2; i <= n; i++) { x = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
@@ -558,7 +620,7 @@ awk -F'\t' -v order="$TARGETS" -v rounds="$ROUNDS" -v stages="$STAGES" '
   }
   END {
     printf "== summary: medians of %d round(s), STAGES=%s\n", rounds, stages
-    printf "%-15s %-6s %9s %8s %8s %7s %8s %12s %8s %8s\n", "target", "ids", "req/s", "p50_ms", "p99_ms", "non2xx", "sock_err", "cpu_us/req", "cs/req", "checks"
+    printf "%-15s %-6s %9s %8s %8s %7s %8s %12s %8s %8s\n", "target", "ids", "req/s", "p50_ms", "p99_ms", "non2xx", "sock_err", cost, "cs/req", "checks"
     n = split(order, T, " ")
     for (i = 1; i <= n; i++) { t = T[i]; if (!(t in runs)) continue
       R[t] = median(rps[t]); P[t] = median(p50[t]); C[t] = median(cpu[t])
