@@ -413,12 +413,13 @@ impl Gateway {
         lease: Lease,
     ) -> OutcomeRx {
         let outcome_rx = lease.subscribe();
-        self.forwards.spawn(settle::settle(
+        // Boxed, like the request's task (`server::Connection::serve`).
+        self.forwards.spawn(Box::pin(settle::settle(
             lease,
             self.dedup.shared().cloned(),
             Arc::clone(target),
             Arc::clone(delivery),
-        ));
+        )));
         outcome_rx
     }
 

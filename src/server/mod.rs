@@ -219,7 +219,11 @@ impl Connection {
             // In a task of its own: hyper drops a service future when its connection goes
             // away, and a sender that hangs up right after its request must not cancel the
             // handling before the forward is started (the retry gets the recorded answer).
-            let handling = tokio::spawn(async move { gateway.handle(request, client).await });
+            // Boxed: the task then holds a pointer, not the ~2 KB future, which tokio would
+            // otherwise copy in on spawn and over again when the task completes.
+            let handling = tokio::spawn(Box::pin(
+                async move { gateway.handle(request, client).await },
+            ));
             async move {
                 let _in_progress = in_progress;
                 let response = match handling.await {
