@@ -25,7 +25,8 @@ use crate::config::Config;
 #[derive(Debug, Clone, Default)]
 pub struct Pointers {
     root: Node,
-    count: usize,
+    /// Each pointer as written, by slot: a lookup compares text instead of walking tokens.
+    slots: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -50,7 +51,7 @@ static NO_POINTERS: Pointers = Pointers {
         slot: None,
         children: Vec::new(),
     },
-    count: 0,
+    slots: Vec::new(),
 };
 
 impl Pointers {
@@ -80,8 +81,8 @@ impl Pointers {
                 node = &mut node.children[at].node;
             }
             if node.slot.is_none() {
-                node.slot = Some(set.count);
-                set.count += 1;
+                node.slot = Some(set.slots.len());
+                set.slots.push(pointer.to_owned());
             }
         }
         set
@@ -101,20 +102,10 @@ impl Pointers {
         Self::new(sources.chain(matches))
     }
 
-    /// Where the value at `pointer` is noted, if the set has it.
+    /// Where the value at `pointer` is noted, if the set has it. A pointer spelled
+    /// differently (`~0`-escaping what needs none) is not found, and is walked instead.
     fn slot(&self, pointer: &str) -> Option<usize> {
-        let mut node = &self.root;
-        if !pointer.is_empty() {
-            for token in pointer.strip_prefix('/')?.split('/') {
-                let token = unescape(token);
-                node = &node
-                    .children
-                    .iter()
-                    .find(|child| child.token == token)?
-                    .node;
-            }
-        }
-        node.slot
+        self.slots.iter().position(|noted| noted == pointer)
     }
 }
 
@@ -148,7 +139,7 @@ impl<'a> Payload<'a> {
         let Ok(text) = std::str::from_utf8(body) else {
             return Err(utf8_error(body));
         };
-        let mut found = vec![None; pointers.count];
+        let mut found = vec![None; pointers.slots.len()];
         let mut json = serde_json::Deserializer::from_str(text);
         Walk {
             node: &pointers.root,
