@@ -8,7 +8,7 @@
 //! The per-request counter is resolved once per (source, outcome) when a gateway is built, so
 //! counting a request is one atomic add with no label hashing or allocation.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -120,6 +120,14 @@ struct ScopeLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
+}
+
+/// One upstream's series that every attempt touches, resolved at its first attempt (so that
+/// they appear in `/metrics` only once used, like the others).
+#[derive(Debug, Default)]
+pub struct UpstreamAttempts {
+    duration: OnceLock<Histogram>,
+    ok: OnceLock<Counter>,
 }
 
 /// How an upstream attempt ended, for `hookgate_upstream_requests_total{status}`.
@@ -264,17 +272,35 @@ impl Metrics {
         }))
     }
 
-    /// Counts one upstream attempt and observes its duration.
-    pub fn upstream_attempt(&self, upstream: &Arc<str>, status: AttemptStatus, seconds: f64) {
-        let upstream = UpstreamName(Arc::clone(upstream));
-        self.upstream_duration
-            .get_or_create(&UpstreamLabels {
-                upstream: upstream.clone(),
+    /// Counts one attempt of `upstream` and observes its duration. `resolved` keeps the
+    /// series every attempt touches (the duration, and the count of 200s) from the first
+    /// attempt on, so that later ones take no lookup; other statuses are looked up.
+    pub fn upstream_attempt(
+        &self,
+        upstream: &Arc<str>,
+        resolved: &UpstreamAttempts,
+        status: AttemptStatus,
+        seconds: f64,
+    ) {
+        let name = || UpstreamName(Arc::clone(upstream));
+        resolved
+            .duration
+            .get_or_init(|| {
+                self.upstream_duration
+                    .get_or_create_owned(&UpstreamLabels { upstream: name() })
             })
             .observe(seconds);
-        self.upstream_requests
-            .get_or_create(&UpstreamStatusLabels { upstream, status })
-            .inc();
+        let labels = || UpstreamStatusLabels {
+            upstream: name(),
+            status,
+        };
+        match status {
+            AttemptStatus::Code(200) => resolved
+                .ok
+                .get_or_init(|| self.upstream_requests.get_or_create_owned(&labels()))
+                .inc(),
+            _ => self.upstream_requests.get_or_create(&labels()).inc(),
+        };
     }
 
     /// Counts a request refused by a limit of `scope`.
@@ -344,8 +370,13 @@ mod tests {
         fp.count(RequestOutcome::Duplicate);
         metrics.dedup_hit();
         let billing: Arc<str> = Arc::from("billing");
-        metrics.upstream_attempt(&billing, AttemptStatus::Code(200), 0.012);
-        metrics.upstream_attempt(&billing, AttemptStatus::Timeout, 10.0);
+        let resolved = UpstreamAttempts::default();
+        metrics.upstream_attempt(&billing, &resolved, AttemptStatus::Code(200), 0.012);
+        metrics.upstream_attempt(&billing, &resolved, AttemptStatus::Code(200), 0.012);
+        metrics.upstream_attempt(&billing, &resolved, AttemptStatus::Timeout, 10.0);
+        // A reloaded upstream resolves its series again: the same ones.
+        let reloaded = UpstreamAttempts::default();
+        metrics.upstream_attempt(&billing, &reloaded, AttemptStatus::Code(200), 0.012);
         metrics.rate_limited(Scope::Client);
         metrics.config_reload(false);
         metrics.set_gauges(42, [("billing", 3)]);
@@ -355,10 +386,10 @@ mod tests {
             r#"hookgate_requests_total{source="firstpromoter",outcome="duplicate"} 1"#,
             r#"hookgate_requests_total{source="firstpromoter",outcome="unavailable"} 0"#,
             "hookgate_dedup_hits_total 1",
-            r#"hookgate_upstream_requests_total{upstream="billing",status="200"} 1"#,
+            r#"hookgate_upstream_requests_total{upstream="billing",status="200"} 3"#,
             r#"hookgate_upstream_requests_total{upstream="billing",status="timeout"} 1"#,
-            r#"hookgate_upstream_duration_seconds_count{upstream="billing"} 2"#,
-            r#"hookgate_upstream_duration_seconds_bucket{le="0.025",upstream="billing"} 1"#,
+            r#"hookgate_upstream_duration_seconds_count{upstream="billing"} 4"#,
+            r#"hookgate_upstream_duration_seconds_bucket{le="0.025",upstream="billing"} 3"#,
             r#"hookgate_rate_limited_total{scope="client"} 1"#,
             r#"hookgate_config_reloads_total{result="failure"} 1"#,
             "hookgate_dedup_records 42",

@@ -18,7 +18,7 @@ use super::authenticate::now_unix;
 use super::rate_limit::UpstreamLimit;
 use super::sign::{Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 use crate::config::{Secret, Upstream};
-use crate::metrics::{AttemptStatus, Metrics};
+use crate::metrics::{AttemptStatus, Metrics, UpstreamAttempts};
 use crate::upstream::WorkerClients;
 
 /// Largest upstream answer kept; it is held in memory and in the dedup record.
@@ -112,6 +112,8 @@ pub struct UpstreamTarget {
     pub signer: Option<Signer>,
     /// Where attempts are counted.
     pub metrics: Arc<Metrics>,
+    /// This upstream's attempt series, once resolved.
+    pub attempts: UpstreamAttempts,
     /// The pooled clients for this upstream (the shared ones, or its own for `ca` /
     /// `client_cert`), resolved once rather than looked up per forward.
     pub client: WorkerClients,
@@ -171,6 +173,7 @@ impl UpstreamTarget {
             rate_limit,
             signer,
             metrics,
+            attempts: UpstreamAttempts::default(),
             client,
             config,
         })
@@ -319,7 +322,7 @@ pub async fn forward(target: &UpstreamTarget, delivery: &Delivery) -> Outcome {
     };
     target
         .metrics
-        .upstream_attempt(&target.name, status, took.as_secs_f64());
+        .upstream_attempt(&target.name, &target.attempts, status, took.as_secs_f64());
     log_attempt(target, status, took);
     outcome
 }
