@@ -273,7 +273,7 @@ impl Gateway {
                     self.metrics.rate_limited(*scope);
                 }
                 tracing::info!(
-                    source = %source.name,
+                    source = &*source.name,
                     status = error.status().as_u16(),
                     error = %error,
                     "request refused"
@@ -313,9 +313,9 @@ impl Gateway {
             .find(&source.name, &event.event_type, &event.payload)
         else {
             tracing::info!(
-                source = %source.name,
-                event_id = %event.id,
-                event_type = %event.event_type,
+                source = &*source.name,
+                event_id = event.id.as_str(),
+                event_type = event.event_type.as_str(),
                 status = self.unrouted_status.as_u16(),
                 "event unrouted"
             );
@@ -383,10 +383,11 @@ impl Gateway {
         }
         if tracing::enabled!(tracing::Level::INFO) {
             let name = |index: usize| &*self.upstreams[index].name;
+            // Text fields as `&str`, not `%`: written directly, not through `fmt`.
             tracing::info!(
-                source = %source.name,
-                event_id = %event.id,
-                event_type = %event.event_type,
+                source = &*source.name,
+                event_id = event.id.as_str(),
+                event_type = event.event_type.as_str(),
                 route = route.index,
                 upstreams = %UpstreamNames {
                     indices: &route.upstreams,
