@@ -117,6 +117,9 @@ pub struct UpstreamTarget {
     /// The pooled clients for this upstream (the shared ones, or its own for `ca` /
     /// `client_cert`), resolved once rather than looked up per forward.
     pub client: WorkerClients,
+    /// The `host` header for its URL, made once: the HTTP/1 client would otherwise format
+    /// it on every request.
+    pub host: Option<HeaderValue>,
 }
 
 impl UpstreamTarget {
@@ -169,6 +172,7 @@ impl UpstreamTarget {
         };
         Ok(Self {
             name: Arc::from(config.name.as_str()),
+            host: host_header(&config.url),
             in_flight,
             rate_limit,
             signer,
@@ -263,6 +267,20 @@ impl Delivery {
     }
 }
 
+/// The `host` header hyper-util's client sets for `url`: the host, with the port unless it is
+/// the scheme's default.
+fn host_header(url: &http::Uri) -> Option<HeaderValue> {
+    let host = url.host()?;
+    let default_port = match url.scheme_str() {
+        Some("https" | "wss") => 443,
+        _ => 80,
+    };
+    match url.port_u16() {
+        Some(port) if port != default_port => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
+        _ => HeaderValue::from_str(host).ok(),
+    }
+}
+
 /// `ip` as text, as its `Display` writes it. IPv4 is written octet by octet: through `fmt`
 /// (padding support included) it cost more than the rest of the forwarded headers together.
 fn ip_text(ip: IpAddr) -> String {
@@ -292,6 +310,10 @@ pub async fn forward(target: &UpstreamTarget, delivery: &Delivery) -> Outcome {
     *request.uri_mut() = upstream.url.clone();
     let headers = request.headers_mut();
     headers.clone_from(&delivery.headers);
+    if let Some(host) = &target.host {
+        headers.insert(header::HOST, host.clone());
+    }
+    // After `host`: an upstream's configured headers win.
     for (name, value) in &upstream.headers {
         headers.insert(name.clone(), value.clone());
     }
@@ -402,6 +424,22 @@ mod tests {
         assert_eq!(delivery.headers["x-forwarded-proto"], "https");
         assert_eq!(delivery.headers["hookgate-event-id"], "42");
         assert_eq!(delivery.headers["hookgate-event-type"], "lead_signup");
+    }
+
+    #[test]
+    fn the_host_header_is_the_one_the_client_would_set() {
+        for (url, host) in [
+            ("http://127.0.0.1:8080/hook", "127.0.0.1:8080"),
+            ("http://app.internal/hook", "app.internal"),
+            ("http://app.internal:80/hook", "app.internal"),
+            ("https://app.internal:443/hook", "app.internal"),
+            ("https://app.internal:8443/hook", "app.internal:8443"),
+            ("http://app.internal:443/hook", "app.internal:443"),
+            ("https://[::1]:9443/hook", "[::1]:9443"),
+        ] {
+            let url: http::Uri = url.parse().unwrap();
+            assert_eq!(host_header(&url).unwrap(), host, "{url}");
+        }
     }
 
     #[test]
