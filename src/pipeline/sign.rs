@@ -10,6 +10,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use http::header::{HeaderName, HeaderValue};
 use ring::hmac;
+use subtle::ConstantTimeEq;
 
 /// `webhook-id`: the message (event) id.
 pub static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
@@ -56,12 +57,7 @@ impl Signer {
         let timestamp = timestamp.to_string();
         let mut value = String::with_capacity(self.keys.len() * 48);
         for key in &self.keys {
-            // Fed in pieces: the body is not copied into a signed-content buffer per key.
-            let mut mac = hmac::Context::with_key(key);
-            for piece in [id.as_bytes(), b".", timestamp.as_bytes(), b".", body] {
-                mac.update(piece);
-            }
-            let tag = mac.sign();
+            let tag = mac(key, id, &timestamp, body);
             if !value.is_empty() {
                 value.push(' ');
             }
@@ -73,29 +69,34 @@ impl Signer {
     }
 
     /// Whether any `v1,` entry of `signatures` is a valid MAC of the content under any key.
-    /// Comparison is constant-time (ring's HMAC verify).
+    /// Each key's MAC is computed once, however many entries there are, and compared with
+    /// every entry in constant time.
     pub fn verify(&self, id: &str, timestamp: &str, body: &[u8], signatures: &str) -> bool {
-        let content = signed_content_raw(id, timestamp, body);
-        signatures
+        let entries: Vec<Vec<u8>> = signatures
             .split(' ')
             .filter_map(|entry| entry.strip_prefix("v1,"))
             .filter_map(|encoded| LENIENT_BASE64.decode(encoded).ok())
-            .any(|tag| {
-                self.keys
-                    .iter()
-                    .any(|key| hmac::verify(key, &content, &tag).is_ok())
-            })
+            .collect();
+        if entries.is_empty() {
+            return false;
+        }
+        self.keys.iter().any(|key| {
+            let tag = mac(key, id, timestamp, body);
+            entries
+                .iter()
+                .any(|entry| bool::from(tag.as_ref().ct_eq(entry.as_slice())))
+        })
     }
 }
 
-fn signed_content_raw(id: &str, timestamp: &str, body: &[u8]) -> Vec<u8> {
-    let mut content = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
-    content.extend_from_slice(id.as_bytes());
-    content.push(b'.');
-    content.extend_from_slice(timestamp.as_bytes());
-    content.push(b'.');
-    content.extend_from_slice(body);
-    content
+/// The MAC of `"{id}.{timestamp}.{body}"` under `key`, fed in pieces: the body is not copied
+/// into a signed-content buffer.
+fn mac(key: &hmac::Key, id: &str, timestamp: &str, body: &[u8]) -> hmac::Tag {
+    let mut mac = hmac::Context::with_key(key);
+    for piece in [id.as_bytes(), b".", timestamp.as_bytes(), b".", body] {
+        mac.update(piece);
+    }
+    mac.sign()
 }
 
 #[cfg(test)]
@@ -134,6 +135,14 @@ mod tests {
         // Several signatures: one valid entry is enough.
         let several = format!("v1,bm90IGl0 {SPEC_SIGNATURE}");
         assert!(signer.verify(SPEC_ID, &ts, SPEC_BODY, &several));
+        // Part of the right tag is not the tag, nor is the tag with a byte more.
+        let tag = LENIENT_BASE64
+            .decode(SPEC_SIGNATURE.strip_prefix("v1,").unwrap())
+            .unwrap();
+        for wrong in [&tag[..16], &[tag.as_slice(), &[0]].concat()[..], &[][..]] {
+            let entry = format!("v1,{}", STANDARD.encode(wrong));
+            assert!(!signer.verify(SPEC_ID, &ts, SPEC_BODY, &entry), "{entry}");
+        }
     }
 
     #[test]
