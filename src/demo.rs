@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -25,6 +26,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
 use crate::config::Config;
+use crate::pipeline::Gateway;
+use crate::server::tls::TlsTerminator;
+use crate::server::workers;
 
 /// How long the demo waits for any one answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -76,15 +80,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         println!("example legacy app listening on http://{addr}");
     }
 
+    // Served as `hookgate serve` serves it: on the worker threads.
     let listen = config.server.listen;
-    let listener = TcpListener::bind(listen)
-        .await
+    let listeners = workers::bind(listen, config.server.workers)
         .with_context(|| format!("cannot listen on {listen} (is the port taken?)"))?;
-    let gateway_addr = listener.local_addr()?;
+    let gateway_addr = listeners
+        .first()
+        .context("no listener was bound")?
+        .local_addr()?;
+    let tls = TlsTerminator::for_server(&config.server)?;
+    let state = Arc::new(ArcSwap::from_pointee(Gateway::from_config(&config)?));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let gateway = tokio::spawn(crate::run(listener, config, async {
-        let _ = stop_rx.await;
-    }));
+    let gateway = tokio::spawn(async move {
+        let stop = async {
+            let _ = stop_rx.await;
+        };
+        workers::serve_workers(listeners, state, &config.server, tls, stop).await
+    });
     let url = format!("http://{gateway_addr}{}", source.path);
     println!(
         "hookgate listening on http://{gateway_addr}, source {:?} at {url}\n",

@@ -47,4 +47,3 @@ pub mod server;
 pub mod upstream;
 
 pub use config::Config;
-pub use server::run;

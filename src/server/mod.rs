@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, ServerConfig};
+use crate::config::ServerConfig;
 use crate::pipeline::Gateway;
 use idle::{Activity, Watched};
 use linger::Lingering;
@@ -39,45 +39,6 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 pub const MAX_PENDING_RESET_STREAMS: usize = 20;
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Serves `config` on an already bound `listener` until `shutdown` resolves, then stops
-/// accepting and lets in-flight requests and forwards finish within `shutdown_timeout`.
-/// With `[server.tls]`, every connection is TLS.
-///
-/// # Errors
-/// If the gateway cannot be built from `config` (the upstream or Redis client), or the TLS
-/// certificate cannot be loaded.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let tls = TlsTerminator::for_server(&config.server)?;
-    let gateway = Arc::new(ArcSwap::from_pointee(Gateway::from_config(&config)?));
-    serve_with_tls(listener, gateway, &config.server, tls, shutdown).await
-}
-
-/// Like [`run`], with the gateway and the TLS side built by the caller, who keeps it to reload the
-/// certificate ([`reload::Reloader`]), and the gateway behind an [`ArcSwap`] that a
-/// config reload replaces: each request loads the current gateway once and keeps it to the
-/// end, so no request ever sees half of one config and half of another. `None` serves plain
-/// HTTP whatever `server.tls` says.
-///
-/// # Errors
-/// Only if the connection limit's semaphore is closed, which does not happen.
-pub async fn serve_with_tls(
-    listener: TcpListener,
-    gateway: Arc<ArcSwap<Gateway>>,
-    server: &ServerConfig,
-    tls: Option<Arc<TlsTerminator>>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let connection_slots = Arc::new(Semaphore::new(server.max_connections));
-    let drain =
-        accept_and_drain(listener, gateway, server, tls, connection_slots, shutdown).await?;
-    drain.report(server.shutdown_timeout);
-    Ok(())
-}
 
 /// How a listener's drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +64,10 @@ impl Drain {
 
 /// The accept loop of one listener, then its drain (reported by the caller). `connection_slots`
 /// may be shared by several listeners, so that `max_connections` bounds them together.
+///
+/// The gateway is behind an [`ArcSwap`] that a config reload replaces: each request loads the
+/// current gateway once and keeps it to the end, so no request ever sees half of one config
+/// and half of another. `tls` is `None` for plain HTTP.
 async fn accept_and_drain(
     listener: TcpListener,
     gateway: Arc<ArcSwap<Gateway>>,

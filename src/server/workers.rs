@@ -58,7 +58,7 @@ fn bind_one(addr: SocketAddr, shared: bool) -> io::Result<TcpListener> {
 }
 
 /// Serves on each of `listeners` from a worker thread of its own until `shutdown` resolves,
-/// then has every worker stop accepting and drain (as [`super::serve_with_tls`] does), and
+/// then has every worker stop accepting and drain its connections and forwards, and
 /// returns once all have finished. Must be called inside a tokio runtime (the caller's keeps
 /// running meanwhile: admin endpoints, signals, reloads).
 ///
