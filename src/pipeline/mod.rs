@@ -93,7 +93,7 @@ impl<'a, F: Fn(usize) -> &'a str> std::fmt::Display for UpstreamNames<'a, F> {
 enum Pending {
     /// Already known (a replayed record).
     Ready(Arc<Outcome>),
-    /// Arrives on this channel, from this request's forward or another's.
+    /// Arrives through this receiver, from this request's forward or another's.
     Waiting(OutcomeRx),
 }
 
