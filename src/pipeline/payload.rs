@@ -628,6 +628,30 @@ mod tests {
                     );
                 }
             }
+            // The same document with one byte dropped or one added is accepted exactly when
+            // serde_json accepts it: noting never lets a broken document through.
+            let at = next(text.len() + 1);
+            let broken = match next(2) {
+                0 if at < text.len()
+                    && text.is_char_boundary(at + 1)
+                    && text.is_char_boundary(at) =>
+                {
+                    format!("{}{}", &text[..at], &text[at + 1..])
+                }
+                _ if text.is_char_boundary(at) => {
+                    let extra = ['{', '}', '[', ']', ',', ':', '"', '\\', 'x', ' '][next(10)];
+                    format!("{}{extra}{}", &text[..at], &text[at..])
+                }
+                _ => continue,
+            };
+            let valid = serde_json::from_str::<Value>(&broken).is_ok();
+            for noted in [&every, &NO_POINTERS] {
+                assert_eq!(
+                    Payload::parse_noting(broken.as_bytes(), noted).is_ok(),
+                    valid,
+                    "{broken}"
+                );
+            }
         }
     }
 }
