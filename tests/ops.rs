@@ -4,7 +4,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -317,29 +316,13 @@ async fn rate_limit_state_survives_a_reload() {
 async fn sigterm_drains_and_relays_the_real_answer() {
     let upstream = FakeUpstream::start(Reply::json(200, r#"{"fulfilled":true}"#)).await;
     upstream.hold();
-    let dir = std::env::temp_dir().join(format!("hookgate-ops-term-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("config.toml");
+    let dir = TempDir::new("ops-term");
     let text = config(&upstream.url("/hook"), "").replacen(
         "[server]\n",
         "[server]\nshutdown_timeout = \"20s\"\n",
         1,
     ) + "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
-    std::fs::write(&path, text).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-        .args([
-            "serve",
-            "--config",
-            path.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let lines = log_lines(&mut child);
+    let (mut child, lines) = spawn_serving(&dir.write("config.toml", text));
     let listening = wait_for_log(&lines, "with the listen address", |log| {
         log["listen"].is_string()
     });
@@ -384,7 +367,6 @@ async fn sigterm_drains_and_relays_the_real_answer() {
     );
     let status = wait_for_exit(&mut child).await;
     assert_eq!(status.code(), Some(0));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A drain that `shutdown_timeout` cuts short is said once, whatever the number of workers
@@ -400,21 +382,7 @@ async fn a_drain_cut_short_is_reported_once() {
         "[server]\nworkers = 3\nshutdown_timeout = \"1s\"\n",
         1,
     );
-    let path = dir.write("config.toml", text);
-    let child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-        .args([
-            "serve",
-            "--config",
-            path.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let lines = log_lines(&mut child);
+    let (mut child, lines) = spawn_serving(&dir.write("config.toml", text));
     let listening = wait_for_log(&lines, "with the listen address", |log| log["workers"] == 3);
     let gateway = listening["listen"].as_str().unwrap().to_owned();
     // Its connection is cut when the drain gives up: an error, not a panic, is expected.

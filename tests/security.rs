@@ -5,7 +5,7 @@ mod support;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -387,14 +387,7 @@ upstream = "app"
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-        .args([
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ])
+    let child = serve_command(&config)
         .env("RUST_LOG", "hookgate=trace,info")
         .env("HG_TEST_TOKEN", "tok-LEAKCHECK-1")
         .env("HG_TEST_API_KEY", "key-LEAKCHECK-2")

@@ -684,16 +684,7 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
     let (cert, key) = old_cert.write(&dir, "server");
     let config = one_route_config(&upstream.url("/hook"), &tls_keys(&cert, &key), "");
     let path = dir.write("config.toml", config);
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .args(["--log-format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start hookgate");
-    let mut child = KillOnDrop(child);
-    let lines = log_lines(&mut child);
+    let (mut child, lines) = spawn_serving(&path);
     let listening = wait_for_log(&lines, "with the listen address", |l| {
         l["listen"].is_string()
     });

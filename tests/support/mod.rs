@@ -1119,6 +1119,27 @@ pub fn error_message(answer: &Answer) -> String {
         .to_owned()
 }
 
+/// `hookgate serve --config <config> --log-format json`, its stdout piped (read it with
+/// [`log_lines`]) and its stderr inherited: add environment or redirect, then spawn.
+pub fn serve_command(config: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .args(["--log-format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    command
+}
+
+/// Starts [`serve_command`]: the child (killed if the test fails first) and its log lines.
+pub fn spawn_serving(config: &Path) -> (KillOnDrop, std::sync::mpsc::Receiver<serde_json::Value>) {
+    let mut child = KillOnDrop(serve_command(config).spawn().expect("start hookgate"));
+    let lines = log_lines(&mut child);
+    (child, lines)
+}
+
 /// The binary's JSON log lines, read on a thread.
 pub fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<serde_json::Value> {
     let stdout = child.stdout.take().expect("piped stdout");
