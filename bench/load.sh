@@ -413,15 +413,20 @@ fi
 
 # --------------------------------------------------------------- accounting --
 CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
-tree_ticks() { # utime+stime (clock ticks) of $1 and its children (nginx: master + workers)
-  local pids=("$1") f kids p stat total=0
-  local -a fields
+tree_pids() { # $1 and its children (nginx: master + workers), one per line
+  local f kids
+  echo "$1"
   for f in /proc/"$1"/task/*/children; do
     [[ -r "$f" ]] || continue
     read -r -a kids <"$f" || true
-    pids+=("${kids[@]}")
+    (( ${#kids[@]} )) && printf '%s\n' "${kids[@]}"
   done
-  for p in "${pids[@]}"; do
+  return 0
+}
+tree_ticks() { # utime+stime (clock ticks) of $1 and its children
+  local p stat total=0
+  local -a fields
+  for p in $(tree_pids "$1"); do
     stat="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
     read -r -a fields <<<"${stat##*) }"         # fields[0] = state (field 3 of stat)
     total=$(( total + fields[11] + fields[12] ))  # utime (14), stime (15)
@@ -429,13 +434,8 @@ tree_ticks() { # utime+stime (clock ticks) of $1 and its children (nginx: master
   echo "$total"
 }
 tree_switches() { # context switches (voluntary + not) of every thread of $1 and its children
-  local pids=("$1") f kids p key value total=0
-  for f in /proc/"$1"/task/*/children; do
-    [[ -r "$f" ]] || continue
-    read -r -a kids <"$f" || true
-    pids+=("${kids[@]}")
-  done
-  for p in "${pids[@]}"; do
+  local f p key value total=0
+  for p in $(tree_pids "$1"); do
     for f in /proc/"$p"/task/*/status; do
       while read -r key value; do
         [[ "$key" == *ctxt_switches: ]] && total=$(( total + value ))
@@ -444,16 +444,16 @@ tree_switches() { # context switches (voluntary + not) of every thread of $1 and
   done
   echo "$total"
 }
+last_dump() { # the highest callgrind dump number of pid $1 so far (<name>.cg.<pid>.<n>)
+  local max=0 f n
+  for f in "$TMP"/*.cg."$1".*; do
+    [[ -e "$f" ]] || continue
+    n="${f##*.}"; [[ "$n" =~ ^[0-9]+$ ]] && (( n > max )) && max=$n
+  done
+  echo "$max"
+}
 instructions() { # callgrind's instruction count in $1 since its last dump (dumps it now)
   local last=0 file number _
-  last_dump() { # the highest dump number of pid $1 so far (dumps are <name>.cg.<pid>.<n>)
-    local max=0 f n
-    for f in "$TMP"/*.cg."$1".*; do
-      [[ -e "$f" ]] || continue
-      n="${f##*.}"; [[ "$n" =~ ^[0-9]+$ ]] && (( n > max )) && max=$n
-    done
-    echo "$max"
-  }
   last="$(last_dump "$1")"
   callgrind_control --dump "$1" >/dev/null 2>&1 || { echo -; return; }
   for _ in $(seq 100); do   # the dump is written asynchronously: wait for its last line
