@@ -107,11 +107,7 @@ async fn relay(
     let mut forward = Request::new(Full::new(body));
     *forward.method_mut() = parts.method;
     *forward.uri_mut() = uri;
-    if let Some(content_type) = parts.headers.get(http::header::CONTENT_TYPE) {
-        forward
-            .headers_mut()
-            .insert(http::header::CONTENT_TYPE, content_type.clone());
-    }
+    copy_content_type(&parts.headers, forward.headers_mut());
     let Ok(answer) = client.request(forward).await else {
         return failed(502);
     };
@@ -121,10 +117,12 @@ async fn relay(
     };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = parts.status;
-    if let Some(content_type) = parts.headers.get(http::header::CONTENT_TYPE) {
-        response
-            .headers_mut()
-            .insert(http::header::CONTENT_TYPE, content_type.clone());
-    }
+    copy_content_type(&parts.headers, response.headers_mut());
     Ok(response)
+}
+
+fn copy_content_type(from: &http::HeaderMap, to: &mut http::HeaderMap) {
+    if let Some(content_type) = from.get(http::header::CONTENT_TYPE) {
+        to.insert(http::header::CONTENT_TYPE, content_type.clone());
+    }
 }
