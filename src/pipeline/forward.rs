@@ -321,9 +321,10 @@ pub async fn forward(target: &UpstreamTarget, delivery: &Delivery) -> Outcome {
         // Signed over the bytes actually sent (after any redaction).
         let timestamp = now_unix();
         let signature = signer.signature(&delivery.event_id, timestamp, &delivery.body);
-        // The id was checked to be printable ASCII; a timestamp is digits.
-        if let Ok(id) = HeaderValue::from_str(&delivery.event_id) {
-            headers.insert(WEBHOOK_ID.clone(), id);
+        // The value `Delivery::new` made for hookgate-event-id: the same id, already checked
+        // as a header value (a timestamp is digits).
+        if let Some(id) = delivery.headers.get(&EVENT_ID_HEADER) {
+            headers.insert(WEBHOOK_ID.clone(), id.clone());
         }
         headers.insert(WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(timestamp));
         headers.insert(WEBHOOK_SIGNATURE.clone(), signature);
