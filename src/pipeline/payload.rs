@@ -556,8 +556,12 @@ mod tests {
         assert!(Payload::parse(deep.as_bytes()).is_err());
         let deep_in_an_object = format!("{{\"a\": {deep}");
         assert!(Payload::parse(deep_in_an_object.as_bytes()).is_err());
+        let deep_objects = r#"{"a":"#.repeat(100_000);
+        assert!(Payload::parse(deep_objects.as_bytes()).is_err());
         let noted = Pointers::new(["/a/0/0/0"]);
         assert!(Payload::parse_noting(deep_in_an_object.as_bytes(), &noted).is_err());
+        let noted = Pointers::new(["/a/a/a/a"]);
+        assert!(Payload::parse_noting(deep_objects.as_bytes(), &noted).is_err());
     }
 
     /// Random documents (nested objects with duplicate and escaped keys, arrays, scalars)
