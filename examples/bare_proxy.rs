@@ -12,25 +12,37 @@
 //!   ../shared/bench/run.sh
 //! ```
 //! Environment: `UPSTREAM_URL` (set by run.sh; default `http://127.0.0.1:24081`),
-//! `BARE_LISTEN` (default `127.0.0.1:24090`, run.sh's gateway port), `BARE_WORKERS` (cores).
+//! `BARE_LISTEN` (default `127.0.0.1:24090`, run.sh's gateway port), `BARE_WORKERS` (cores),
+//! `BARE_POOL=conn`: instead of hyper-util's pool, a stack of idle `hyper::client::conn`
+//! HTTP/1 senders per worker (plain HTTP only; no idle expiry, no retry of a request a closing
+//! connection dropped), to measure what hyper-util's pool costs per request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-type Upstream = Client<HttpConnector, Full<Bytes>>;
+/// How the relay reaches the upstream.
+#[derive(Clone)]
+enum Upstream {
+    /// hyper-util's pooled client (what hookgate uses).
+    Pooled(Box<Client<HttpConnector, Full<Bytes>>>),
+    /// Idle HTTP/1 connections of this worker, most recently used first.
+    Conns(Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>>),
+}
 
 fn main() -> anyhow::Result<()> {
     let listen: SocketAddr = std::env::var("BARE_LISTEN")
@@ -66,9 +78,15 @@ fn worker(listen: SocketAddr, upstream: String) -> anyhow::Result<()> {
         socket.set_reuseport(true)?;
         socket.bind(listen)?;
         let listener = socket.listen(1024)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client: Upstream = Client::builder(TokioExecutor::new()).build(connector);
+        let client = if std::env::var("BARE_POOL").is_ok_and(|pool| pool == "conn") {
+            Upstream::Conns(Arc::default())
+        } else {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            Upstream::Pooled(Box::new(
+                Client::builder(TokioExecutor::new()).build(connector),
+            ))
+        };
         loop {
             let (stream, _) = listener.accept().await?;
             stream.set_nodelay(true)?;
@@ -108,17 +126,61 @@ async fn relay(
     *forward.method_mut() = parts.method;
     *forward.uri_mut() = uri;
     copy_content_type(&parts.headers, forward.headers_mut());
-    let Ok(answer) = client.request(forward).await else {
-        return failed(502);
-    };
-    let (parts, body) = answer.into_parts();
-    let Ok(body) = body.collect().await.map(|body| body.to_bytes()) else {
+    let Ok((parts, body)) = client.send(forward).await else {
         return failed(502);
     };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = parts.status;
     copy_content_type(&parts.headers, response.headers_mut());
     Ok(response)
+}
+
+impl Upstream {
+    /// Sends `request` and reads the whole answer.
+    async fn send(
+        &self,
+        mut request: Request<Full<Bytes>>,
+    ) -> anyhow::Result<(http::response::Parts, Bytes)> {
+        let idle = match self {
+            Upstream::Pooled(client) => {
+                let (parts, body) = client.request(request).await?.into_parts();
+                return Ok((parts, body.collect().await?.to_bytes()));
+            }
+            Upstream::Conns(idle) => idle,
+        };
+        let authority = request.uri().authority().cloned();
+        let authority = authority.ok_or_else(|| anyhow::anyhow!("no authority"))?;
+        // A connection's request line carries only the path; the host goes in a header.
+        let path = request.uri().path_and_query().cloned();
+        *request.uri_mut() = Uri::from(path.ok_or_else(|| anyhow::anyhow!("no path"))?);
+        request
+            .headers_mut()
+            .insert(http::header::HOST, authority.as_str().parse()?);
+        let mut sender = loop {
+            let popped = idle.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
+            match popped {
+                Some(mut sender) => {
+                    if sender.ready().await.is_ok() {
+                        break sender;
+                    }
+                }
+                None => {
+                    let stream = TcpStream::connect(authority.as_str()).await?;
+                    stream.set_nodelay(true)?;
+                    let (sender, connection) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                    tokio::spawn(connection);
+                    break sender;
+                }
+            }
+        };
+        let (parts, body) = sender.send_request(request).await?.into_parts();
+        let body = body.collect().await?.to_bytes();
+        idle.lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .push(sender);
+        Ok((parts, body))
+    }
 }
 
 fn copy_content_type(from: &http::HeaderMap, to: &mut http::HeaderMap) {
