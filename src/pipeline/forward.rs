@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -19,7 +19,7 @@ use super::rate_limit::UpstreamLimit;
 use super::sign::{Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 use crate::config::{Secret, Upstream};
 use crate::metrics::{AttemptStatus, Metrics, UpstreamAttempts};
-use crate::upstream::WorkerClients;
+use crate::upstream::UpstreamClient;
 
 /// Largest upstream answer kept; it is held in memory and in the dedup record.
 pub const MAX_UPSTREAM_BODY_BYTES: usize = 1024 * 1024;
@@ -114,9 +114,9 @@ pub struct UpstreamTarget {
     pub metrics: Arc<Metrics>,
     /// This upstream's attempt series, once resolved.
     pub attempts: UpstreamAttempts,
-    /// The pooled clients for this upstream (the shared ones, or its own for `ca` /
-    /// `client_cert`), resolved once rather than looked up per forward.
-    pub client: WorkerClients,
+    /// How this upstream is reached (its plain-HTTP pools, the shared HTTPS clients, or its
+    /// own for `ca` / `client_cert`), resolved once rather than looked up per forward.
+    pub client: UpstreamClient,
     /// The `host` header for its URL, made once: the HTTP/1 client would otherwise format
     /// it on every request.
     pub host: Option<HeaderValue>,
@@ -129,7 +129,7 @@ impl UpstreamTarget {
     /// If a `sign` secret does not decode (config validation refuses those first).
     pub fn new(
         config: Upstream,
-        client: WorkerClients,
+        client: UpstreamClient,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         Self::carry_over(config, client, metrics, None)
@@ -143,7 +143,7 @@ impl UpstreamTarget {
     /// As [`UpstreamTarget::new`].
     pub fn carry_over(
         config: Upstream,
-        client: WorkerClients,
+        client: UpstreamClient,
         metrics: Arc<Metrics>,
         previous: Option<&UpstreamTarget>,
     ) -> anyhow::Result<Self> {
@@ -331,19 +331,14 @@ pub async fn forward(target: &UpstreamTarget, delivery: &Delivery) -> Outcome {
     }
 
     let started = Instant::now();
-    let client = target.client.current();
     let exchange = async {
-        let response = client.request(request).await.map_err(|error| {
-            tracing::debug!(upstream = %target.name, error = %error, "upstream request failed");
-        })?;
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, MAX_UPSTREAM_BODY_BYTES)
-            .collect()
+        let (parts, body) = target
+            .client
+            .exchange(request, MAX_UPSTREAM_BODY_BYTES)
             .await
             .map_err(|error| {
-                tracing::debug!(upstream = %target.name, error = %error, "upstream body failed");
-            })?
-            .to_bytes();
+                tracing::debug!(upstream = %target.name, error = format!("{error:#}"), "upstream request failed");
+            })?;
         Ok::<_, ()>(Record {
             status: parts.status,
             content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),

@@ -156,7 +156,7 @@ impl Gateway {
             .iter()
             .map(|upstream| {
                 let old = previous.and_then(|gateway| gateway.upstream(&upstream.name));
-                let client = clients.for_upstream(upstream).clone();
+                let client = clients.for_upstream(upstream);
                 UpstreamTarget::carry_over(upstream.clone(), client, Arc::clone(&metrics), old)
                     .map(Arc::new)
             })
@@ -501,6 +501,7 @@ pub(crate) fn test_headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::{Gateway, UpstreamNames};
+    use crate::upstream::UpstreamClient;
     use crate::Config;
 
     /// A reload keeps the shared pools (and their warm connections) but builds an upstream's
@@ -539,6 +540,11 @@ upstreams = ["plain", "private"]
         let pools = |gateway: &Gateway, name: &str| {
             gateway.upstream(name).expect("configured").client.clone()
         };
+        assert!(matches!(pools(&running, "plain"), UpstreamClient::Plain(_)));
+        assert!(matches!(
+            pools(&running, "private"),
+            UpstreamClient::Pooled(_)
+        ));
         assert!(pools(&reloaded, "plain").same_pools(&pools(&running, "plain")));
         assert!(!pools(&reloaded, "private").same_pools(&pools(&running, "private")));
     }

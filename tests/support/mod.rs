@@ -88,6 +88,8 @@ struct UpstreamState {
     /// Released once per request when `gated` is set: lets a test hold answers back.
     gate: tokio::sync::Semaphore,
     gated: std::sync::atomic::AtomicBool,
+    /// Connections accepted.
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 impl UpstreamState {
@@ -99,6 +101,7 @@ impl UpstreamState {
             arrived: Notify::new(),
             gate: tokio::sync::Semaphore::new(0),
             gated: std::sync::atomic::AtomicBool::new(false),
+            connections: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 }
@@ -134,6 +137,9 @@ impl FakeUpstream {
                     _ = &mut stop_rx => break,
                 };
                 let state = Arc::clone(&server_state);
+                state
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| answer(Arc::clone(&state), request));
@@ -187,6 +193,13 @@ impl FakeUpstream {
     /// Every request received so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
+    }
+
+    /// How many connections were accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many requests were received so far.

@@ -1,6 +1,10 @@
 //! The upstream HTTP clients: pooled keep-alive connections, HTTP/1.1 and (over TLS, by ALPN)
 //! HTTP/2, rustls with the webpki roots.
 //!
+//! A plain-HTTP upstream gets hookgate's own HTTP/1.1 connections ([`plain`]), its pool
+//! resolved when the config is loaded; an HTTPS upstream gets hyper-util's pooled client
+//! (TLS, HTTP/2 by ALPN), which costs more per request ([`plain`] says how much).
+//!
 //! A pool is bound to one TLS config, so there is one shared client for every upstream with
 //! default TLS, and a dedicated one for each upstream that sets `ca` (a private CA, trusted in
 //! addition to the webpki roots) or `client_cert` + `client_key` (mTLS). [`Clients`] picks.
@@ -9,6 +13,8 @@
 //! connection is driven by a task on the runtime that opened it, so a pool shared by every
 //! worker would have a forward on one thread wake the other for each upstream answer.
 
+mod plain;
+
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +22,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::Full;
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::builderstates::WantsSchemes;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -27,6 +34,9 @@ use rustls::{ClientConfig, RootCertStore};
 
 use crate::config::Upstream;
 use crate::server::tls;
+
+pub use plain::Answer;
+use plain::PlainPool;
 
 /// How long an idle pooled upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -81,20 +91,97 @@ impl std::fmt::Debug for WorkerClients {
     }
 }
 
+/// One plain-HTTP pool per worker thread, for one `host:port`; clones share them.
+#[derive(Clone, Debug)]
+pub struct WorkerPools(Arc<[Arc<PlainPool>]>);
+
+impl WorkerPools {
+    fn new(url: &Uri, workers: usize) -> Option<Self> {
+        (0..workers.max(1))
+            .map(|_| PlainPool::for_url(url).map(Arc::new))
+            .collect::<Option<Arc<[_]>>>()
+            .map(Self)
+    }
+
+    /// The calling worker's pool (see [`set_worker_index`]).
+    fn current(&self) -> &Arc<PlainPool> {
+        let index = WORKER_INDEX.with(Cell::get);
+        &self.0[index % self.0.len()]
+    }
+
+    fn address(&self) -> &str {
+        self.0[0].address()
+    }
+}
+
+/// How one upstream is reached.
+#[derive(Clone, Debug)]
+pub enum UpstreamClient {
+    /// hyper-util's pooled client: HTTPS (TLS, HTTP/2 by ALPN).
+    Pooled(WorkerClients),
+    /// hookgate's own keep-alive HTTP/1.1 connections: plain HTTP.
+    Plain(WorkerPools),
+}
+
+impl UpstreamClient {
+    /// Sends `request` (its URI absolute: the upstream's URL) on the calling worker's
+    /// connections and reads the whole answer, refusing a body over `max_body` bytes.
+    ///
+    /// # Errors
+    /// If no connection could be made, no complete HTTP answer came, or the body is too large.
+    pub async fn exchange(
+        &self,
+        mut request: Request<Full<Bytes>>,
+        max_body: usize,
+    ) -> anyhow::Result<Answer> {
+        match self {
+            Self::Pooled(clients) => {
+                let response = clients.current().request(request).await?;
+                let (parts, body) = response.into_parts();
+                let body = Limited::new(body, max_body)
+                    .collect()
+                    .await
+                    .map_err(|error| anyhow::anyhow!(error))
+                    .context("reading the answer's body")?
+                    .to_bytes();
+                Ok((parts, body))
+            }
+            Self::Plain(pools) => {
+                // On a connection of its own, the request line carries only the path.
+                let target = request.uri().path_and_query().cloned();
+                *request.uri_mut() = target.map_or_else(|| Uri::from_static("/"), Uri::from);
+                pools.current().exchange(request, max_body).await
+            }
+        }
+    }
+
+    /// Whether `other` is these very pools (a clone), not pools built alike.
+    #[cfg(test)]
+    pub(crate) fn same_pools(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Pooled(this), Self::Pooled(other)) => this.same_pools(other),
+            (Self::Plain(this), Self::Plain(other)) => Arc::ptr_eq(&this.0, &other.0),
+            _ => false,
+        }
+    }
+}
+
 /// The clients of every configured upstream, built with each gateway (at startup and on
 /// reload).
 pub struct Clients {
     default: WorkerClients,
     /// By upstream name; only upstreams with TLS settings of their own.
     dedicated: HashMap<String, WorkerClients>,
+    /// By `host:port`: the plain-HTTP upstreams' pools.
+    plain: HashMap<String, WorkerPools>,
 }
 
 impl Clients {
-    /// The default clients plus those of each upstream that sets `ca` or `client_cert`,
-    /// each with one pool per worker thread. On a reload, `previous` are the running
-    /// gateway's clients: their default pools are kept, with their warm connections (their
-    /// settings cannot change); an upstream's own clients are built anew, since a reload
-    /// must re-read its `ca` and `client_cert` files.
+    /// The default clients, those of each upstream that sets `ca` or `client_cert`, and the
+    /// pools of each plain-HTTP address, each with one pool per worker thread. On a reload,
+    /// `previous` are the running gateway's clients: their default and plain-HTTP pools are
+    /// kept, with their warm connections (their settings cannot change); an upstream's own
+    /// clients are built anew, since a reload must re-read its `ca` and `client_cert` files.
     ///
     /// # Errors
     /// If an upstream's TLS files cannot be used (they were checked when the config was
@@ -106,8 +193,13 @@ impl Clients {
         previous: Option<&Clients>,
     ) -> anyhow::Result<Self> {
         let mut dedicated = HashMap::new();
+        let mut plain: HashMap<String, WorkerPools> = HashMap::new();
         for upstream in upstreams {
-            if let Some(config) =
+            if let Some(pools) = WorkerPools::new(&upstream.url, workers) {
+                let kept = previous.and_then(|previous| previous.plain.get(pools.address()));
+                let pools = kept.cloned().unwrap_or(pools);
+                plain.entry(pools.address().to_owned()).or_insert(pools);
+            } else if let Some(config) =
                 tls_config(upstream).with_context(|| format!("upstream {:?}", upstream.name))?
             {
                 let connector = connector(HttpsConnectorBuilder::new().with_tls_config(config));
@@ -126,13 +218,26 @@ impl Clients {
                 workers,
             ),
         };
-        Ok(Self { default, dedicated })
+        Ok(Self {
+            default,
+            dedicated,
+            plain,
+        })
     }
 
     /// The clients to forward to `upstream` with (one of those [`Clients::from_config`] was
     /// given); cloning them is cheap and shares their pools.
-    pub fn for_upstream(&self, upstream: &Upstream) -> &WorkerClients {
-        self.dedicated.get(&upstream.name).unwrap_or(&self.default)
+    pub fn for_upstream(&self, upstream: &Upstream) -> UpstreamClient {
+        let plain = plain::address_of(&upstream.url).and_then(|address| self.plain.get(&address));
+        match plain {
+            Some(pools) => UpstreamClient::Plain(pools.clone()),
+            None => UpstreamClient::Pooled(
+                self.dedicated
+                    .get(&upstream.name)
+                    .unwrap_or(&self.default)
+                    .clone(),
+            ),
+        }
     }
 }
 

@@ -1,0 +1,518 @@
+//! Keep-alive HTTP/1.1 connections to one plain-HTTP upstream address, for one worker thread.
+//!
+//! hyper-util's pooled client costs several thousand instructions per request on top of the
+//! hyper connection it drives: it hashes its pool key with SipHash on checkout and on return,
+//! spawns a task per request to wait for the connection to be ready again, and moves large
+//! futures around. A plain-HTTP upstream (the usual legacy app) gets its pool when the config
+//! is loaded instead, so a forward takes the most recently used idle connection off a stack.
+//! Measured (BENCHMARKS.md): 43.6k → 33.1k instructions per request through
+//! `examples/bare_proxy.rs` (`BARE_POOL=conn`), 101.7k → 95.7k through hookgate.
+//!
+//! The rules are hyper-util's:
+//! - a connection goes back only once its answer was read whole; one whose exchange failed,
+//!   timed out or was cut short is dropped, which closes it;
+//! - idle connections are kept at most [`POOL_IDLE_TIMEOUT`] (a reaper task closes them even
+//!   when no traffic comes), at most [`POOL_MAX_IDLE_PER_HOST`] of them;
+//! - a request that a reused connection gave back unsent (the upstream closed it as the request
+//!   was handed over) is sent once more on a new connection; one the upstream may have seen is
+//!   never sent again: only the upstream could say whether it acted on it.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// The idle connections to one `host:port`.
+#[derive(Debug)]
+pub struct PlainPool {
+    /// Where to connect, as `host:port`.
+    address: String,
+    /// The `host` header for a request that has none.
+    host: HeaderValue,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// Oldest at the front; taken from the back.
+    idle: Mutex<IdleConnections>,
+}
+
+#[derive(Debug, Default)]
+struct IdleConnections {
+    connections: VecDeque<Idle>,
+    /// Whether a reaper task is running for these connections.
+    reaping: bool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The `host:port` a plain-HTTP pool for `url` connects to; `None` unless `url` is an
+/// `http://` URL with a host.
+pub fn address_of(url: &Uri) -> Option<String> {
+    if url.scheme_str() != Some("http") {
+        return None;
+    }
+    // An IPv6 literal keeps its brackets, as a socket address in text has them.
+    let host = url.host().filter(|host| !host.is_empty())?;
+    Some(format!("{host}:{}", url.port_u16().unwrap_or(80)))
+}
+
+/// An answer read whole.
+pub type Answer = (http::response::Parts, Bytes);
+
+impl PlainPool {
+    /// The pool for `url`'s address; `None` unless it is an `http://` URL with a host.
+    pub fn for_url(url: &Uri) -> Option<Self> {
+        Self::with_limits(url, POOL_MAX_IDLE_PER_HOST, POOL_IDLE_TIMEOUT)
+    }
+
+    fn with_limits(url: &Uri, max_idle: usize, idle_timeout: Duration) -> Option<Self> {
+        let address = address_of(url)?;
+        let host_header = match url.port_u16() {
+            Some(port) if port != 80 => address.clone(),
+            _ => url.host()?.to_owned(),
+        };
+        Some(Self {
+            address,
+            host: HeaderValue::from_str(&host_header).ok()?,
+            max_idle,
+            idle_timeout,
+            idle: Mutex::default(),
+        })
+    }
+
+    /// The `host:port` this pool connects to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Sends `request` (its URI as the request target: origin-form) and reads the whole
+    /// answer, refusing a body over `max_body` bytes.
+    ///
+    /// # Errors
+    /// If no connection could be made, the upstream gave no complete HTTP answer, or the body
+    /// is too large.
+    pub async fn exchange(
+        self: &Arc<Self>,
+        mut request: Request<Full<Bytes>>,
+        max_body: usize,
+    ) -> anyhow::Result<Answer> {
+        if !request.headers().contains_key(HOST) {
+            request.headers_mut().insert(HOST, self.host.clone());
+        }
+        let (mut sender, reused) = match self.checkout().await {
+            Some(sender) => (sender, true),
+            None => (self.connect().await?, false),
+        };
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut error) => match error.take_message() {
+                Some(unsent) if reused => {
+                    tracing::debug!(upstream = %self.address, error = %error.error(),
+                        "a reused connection closed before the request was sent; sending on a new one");
+                    sender = self.connect().await?;
+                    sender.send_request(unsent).await?
+                }
+                _ => return Err(error.into_error().into()),
+            },
+        };
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, max_body)
+            .collect()
+            .await
+            .map_err(|error| anyhow::anyhow!(error))
+            .context("reading the answer's body")?
+            .to_bytes();
+        self.check_in(sender);
+        Ok((parts, body))
+    }
+
+    /// The most recently used idle connection that is still open and not expired.
+    async fn checkout(&self) -> Option<Sender> {
+        loop {
+            let Idle { mut sender, since } = self.lock().connections.pop_back()?;
+            // Dropping one that is closed or too old closes it.
+            if since.elapsed() < self.idle_timeout && sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Keeps `sender` for the next request, unless it is closed or the pool is full.
+    fn check_in(self: &Arc<Self>, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.connections.len() >= self.max_idle {
+            return;
+        }
+        idle.connections.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        if !idle.reaping {
+            idle.reaping = true;
+            tokio::spawn(Arc::clone(self).reap());
+        }
+    }
+
+    /// Closes idle connections as they expire, until none is left.
+    async fn reap(self: Arc<Self>) {
+        loop {
+            let next_expiry = {
+                let mut idle = self.lock();
+                while idle
+                    .connections
+                    .front()
+                    .is_some_and(|oldest| oldest.since.elapsed() >= self.idle_timeout)
+                {
+                    idle.connections.pop_front();
+                }
+                match idle.connections.front() {
+                    Some(oldest) => oldest.since + self.idle_timeout,
+                    None => {
+                        idle.reaping = false;
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep_until(next_expiry).await;
+        }
+    }
+
+    /// A new connection, driven by a task on the calling runtime. Each address the name
+    /// resolves to is tried in turn, each with its share of [`CONNECT_TIMEOUT`].
+    async fn connect(&self) -> anyhow::Result<Sender> {
+        let started = Instant::now();
+        let addresses: Vec<SocketAddr> =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(&self.address))
+                .await
+                .with_context(|| format!("resolving {} timed out", self.address))?
+                .with_context(|| format!("resolving {}", self.address))?
+                .collect();
+        let share =
+            CONNECT_TIMEOUT.saturating_sub(started.elapsed()) / addresses.len().max(1) as u32;
+        let mut last_error = anyhow::anyhow!("{} resolves to no address", self.address);
+        for address in addresses {
+            let stream = match tokio::time::timeout(share, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    last_error =
+                        anyhow::Error::new(error).context(format!("connecting to {address}"));
+                    continue;
+                }
+                Err(_) => {
+                    last_error = anyhow::anyhow!("connecting to {address} timed out");
+                    continue;
+                }
+            };
+            stream.set_nodelay(true)?;
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            let upstream = self.address.clone();
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(upstream = %upstream, error = %error, "upstream connection failed");
+                }
+            });
+            return Ok(sender);
+        }
+        Err(last_error)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, IdleConnections> {
+        // The idle list stays consistent whatever a holder did: every change is one push or pop.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many connections are idle.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.lock().connections.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    /// How the test upstream treats a connection after answering.
+    #[derive(Clone, Copy)]
+    enum Then {
+        KeepOpen,
+        Close,
+    }
+
+    /// A raw HTTP/1.1 upstream on 127.0.0.1: answers every request `200` with `answer`,
+    /// counts the connections it accepted and sends each request head it read.
+    struct Upstream {
+        url: Uri,
+        accepted: Arc<AtomicUsize>,
+        heads: mpsc::UnboundedReceiver<String>,
+        /// Connections the client closed.
+        closed: mpsc::UnboundedReceiver<()>,
+    }
+
+    async fn upstream(then: Then, answer: &'static str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook?x=1", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (heads_tx, heads) = mpsc::unbounded_channel();
+        let (closed_tx, closed) = mpsc::unbounded_channel();
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let (heads_tx, closed_tx) = (heads_tx.clone(), closed_tx.clone());
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut head = String::new();
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                let _ = closed_tx.send(());
+                                return;
+                            }
+                            if let Some(value) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = value.trim().parse().unwrap();
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            head.push_str(&line);
+                        }
+                        let mut body = vec![0; length];
+                        stream.read_exact(&mut body).await.unwrap();
+                        let _ = heads_tx.send(head);
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        stream
+                            .get_mut()
+                            .write_all(response.as_bytes())
+                            .await
+                            .unwrap();
+                        if let Then::Close = then {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Upstream {
+            url: url.parse().unwrap(),
+            accepted,
+            heads,
+            closed,
+        }
+    }
+
+    fn request(url: &Uri) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(Bytes::from_static(b"{\"event\":{}}")));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = Uri::from(url.path_and_query().unwrap().clone());
+        request
+    }
+
+    fn pool(url: &Uri, max_idle: usize, idle_timeout: Duration) -> Arc<PlainPool> {
+        Arc::new(PlainPool::with_limits(url, max_idle, idle_timeout).unwrap())
+    }
+
+    #[test]
+    fn only_http_urls_with_a_host_get_an_address() {
+        for (url, address) in [
+            ("http://app.internal/hook", Some("app.internal:80")),
+            ("http://127.0.0.1:8080/hook", Some("127.0.0.1:8080")),
+            ("http://[::1]:9000/", Some("[::1]:9000")),
+            ("https://app.internal/hook", None),
+        ] {
+            let url: Uri = url.parse().unwrap();
+            assert_eq!(address_of(&url).as_deref(), address, "{url}");
+        }
+        let pool = PlainPool::for_url(&"http://app.internal:80/".parse().unwrap()).unwrap();
+        assert_eq!(pool.host, "app.internal");
+        let pool = PlainPool::for_url(&"http://[::1]:9000/".parse().unwrap()).unwrap();
+        assert_eq!(pool.host, "[::1]:9000");
+    }
+
+    #[tokio::test]
+    async fn one_connection_serves_requests_in_sequence() {
+        let mut upstream = upstream(Then::KeepOpen, "ok").await;
+        let pool = pool(&upstream.url, 4, POOL_IDLE_TIMEOUT);
+        for _ in 0..20 {
+            let (parts, body) = pool.exchange(request(&upstream.url), 1024).await.unwrap();
+            assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"ok"[..]));
+        }
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+        // The request line is origin-form, and the host header is the URL's.
+        let head = upstream.heads.recv().await.unwrap();
+        assert!(head.starts_with("POST /hook?x=1 HTTP/1.1\r\n"), "{head}");
+        let host = format!("host: {}\r\n", upstream.url.authority().unwrap());
+        assert!(head.to_ascii_lowercase().contains(&host), "{head}");
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_closes_every_connection_is_still_answered() {
+        let upstream = upstream(Then::Close, "ok").await;
+        let pool = pool(&upstream.url, 4, POOL_IDLE_TIMEOUT);
+        for _ in 0..50 {
+            let (parts, _) = pool.exchange(request(&upstream.url), 1024).await.unwrap();
+            assert_eq!(parts.status, 200);
+        }
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 50);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_open_connections_and_at_most_max_idle_are_kept() {
+        let mut upstream = upstream(Then::KeepOpen, "ok").await;
+        let pool = pool(&upstream.url, 2, POOL_IDLE_TIMEOUT);
+        // Five exchanges at once: none can take another's connection.
+        let mut exchanges = tokio::task::JoinSet::new();
+        for _ in 0..5 {
+            let (pool, request) = (Arc::clone(&pool), request(&upstream.url));
+            exchanges.spawn(async move { pool.exchange(request, 1024).await });
+        }
+        while let Some(answer) = exchanges.join_next().await {
+            assert_eq!(answer.unwrap().unwrap().0.status, 200);
+        }
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 5);
+        assert_eq!(pool.idle_count(), 2);
+        // The three that did not fit were closed.
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(10), upstream.closed.recv())
+                .await
+                .expect("a connection past max_idle is closed")
+                .unwrap();
+        }
+        for _ in 0..5 {
+            pool.exchange(request(&upstream.url), 1024).await.unwrap();
+        }
+        assert_eq!(
+            upstream.accepted.load(Ordering::SeqCst),
+            5,
+            "kept ones are reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_connection_is_not_reused_and_the_reaper_closes_it() {
+        let mut upstream = upstream(Then::KeepOpen, "ok").await;
+        let pool = pool(&upstream.url, 4, Duration::ZERO);
+        for _ in 0..3 {
+            pool.exchange(request(&upstream.url), 1024).await.unwrap();
+        }
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 3);
+
+        let pool = self::pool(&upstream.url, 4, Duration::from_millis(50));
+        pool.exchange(request(&upstream.url), 1024).await.unwrap();
+        assert_eq!(pool.idle_count(), 1);
+        // With no more traffic, the reaper closes it once it expires.
+        for _ in 0..4 {
+            tokio::time::timeout(Duration::from_secs(10), upstream.closed.recv())
+                .await
+                .expect("the idle connection is closed after its timeout")
+                .unwrap();
+        }
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_answer_is_refused_and_its_connection_not_kept() {
+        let upstream = upstream(Then::KeepOpen, "a body longer than ten bytes").await;
+        let pool = pool(&upstream.url, 4, POOL_IDLE_TIMEOUT);
+        let error = pool.exchange(request(&upstream.url), 10).await.unwrap_err();
+        assert!(format!("{error:#}").contains("body"), "{error:#}");
+        assert_eq!(pool.idle_count(), 0);
+        pool.exchange(request(&upstream.url), 1024).await.unwrap();
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_an_error_naming_the_address() {
+        // Bound, then closed: nothing listens there.
+        let address = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let url: Uri = format!("http://{address}/hook").parse().unwrap();
+        let pool = pool(&url, 4, POOL_IDLE_TIMEOUT);
+        let error = pool.exchange(request(&url), 1024).await.unwrap_err();
+        assert!(
+            format!("{error:#}").contains(&address.to_string()),
+            "{error:#}"
+        );
+    }
+
+    /// A reused connection that closes as a request is handed to it gives the request back
+    /// unsent; it goes out once, on a new connection.
+    #[tokio::test]
+    async fn a_request_a_closing_connection_gave_back_is_sent_on_a_new_one() {
+        let mut upstream = upstream(Then::KeepOpen, "ok").await;
+        let pool = pool(&upstream.url, 4, POOL_IDLE_TIMEOUT);
+        // A connection that is ready (its task ran once) but will never run again.
+        let stream = TcpStream::connect(pool.address()).await.unwrap();
+        let (sender, mut connection) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .unwrap();
+        std::future::poll_fn(|cx| {
+            assert!(std::pin::Pin::new(&mut connection).poll(cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        pool.lock().connections.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        let exchange = tokio::spawn({
+            let (pool, request) = (Arc::clone(&pool), request(&upstream.url));
+            async move { pool.exchange(request, 1024).await }
+        });
+        // On this single-threaded runtime the exchange runs until it waits for the answer:
+        // the request is queued on the connection.
+        tokio::task::yield_now().await;
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "the exchange took the idle connection"
+        );
+        drop(connection);
+        let (parts, _) = exchange.await.unwrap().unwrap();
+        assert_eq!(parts.status, 200);
+        // Sent once: the first connection never wrote it.
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+        upstream.heads.recv().await.unwrap();
+        assert!(
+            upstream.heads.try_recv().is_err(),
+            "the request was sent twice"
+        );
+    }
+}
