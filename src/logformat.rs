@@ -6,7 +6,12 @@
 //! object per event, `{"timestamp", "level", <the event's fields, message first>, "target"}` —
 //! straight into the output, escaping as it goes. Span fields are not included (hookgate opens
 //! no spans; a dependency's spans only matter at trace level).
+//!
+//! The line is put together in a buffer of this thread's and handed to tracing-subscriber's
+//! writer in one call: every call through that writer is a dynamic one, and writing each
+//! piece through it cost about 3k instructions per access line (BENCHMARKS.md).
 
+use std::cell::RefCell;
 use std::fmt::{self, Write};
 
 use tracing::field::{Field, Visit};
@@ -19,6 +24,13 @@ use tracing_subscriber::registry::LookupSpan;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonLine;
 
+/// A line buffer that has grown past this (a huge field) is not kept for the next line.
+const KEPT_LINE_CAPACITY: usize = 16 * 1024;
+
+thread_local! {
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
 impl<S, N> FormatEvent<S, N> for JsonLine
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -30,20 +42,44 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let metadata = event.metadata();
-        writer.write_str("{\"timestamp\":\"")?;
-        write_timestamp(&mut writer, time::OffsetDateTime::now_utc())?;
-        write!(writer, "\",\"level\":\"{}\"", metadata.level())?;
-        let mut fields = Fields {
-            writer: &mut writer,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        writer.write_str(",\"target\":")?;
-        write_string(&mut writer, metadata.target())?;
-        writer.write_str("}\n")
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                let written = write_line(&mut line, event).and_then(|()| writer.write_str(&line));
+                if line.capacity() > KEPT_LINE_CAPACITY {
+                    *line = String::new();
+                }
+                written
+            }
+            // Only if formatting a field formatted another line on this thread (tracing itself
+            // does not dispatch from inside a dispatch): that one gets a buffer of its own.
+            Err(_) => {
+                let mut line = String::new();
+                write_line(&mut line, event)?;
+                writer.write_str(&line)
+            }
+        })
     }
+}
+
+/// `event` as one line of JSON, into `line`.
+fn write_line(line: &mut String, event: &Event<'_>) -> fmt::Result {
+    let metadata = event.metadata();
+    line.push_str("{\"timestamp\":\"");
+    write_timestamp(line, time::OffsetDateTime::now_utc())?;
+    line.push_str("\",\"level\":\"");
+    line.push_str(metadata.level().as_str());
+    line.push('"');
+    let mut fields = Fields {
+        line,
+        result: Ok(()),
+    };
+    event.record(&mut fields);
+    fields.result?;
+    line.push_str(",\"target\":");
+    write_string(line, metadata.target())?;
+    line.push_str("}\n");
+    Ok(())
 }
 
 /// RFC 3339 in UTC with microseconds, as tracing-subscriber writes it.
@@ -87,32 +123,35 @@ fn put_digits(into: &mut [u8], mut value: u32) {
 }
 
 /// Writes each field as `,"name":value`.
-struct Fields<'w, 'a> {
-    writer: &'w mut Writer<'a>,
+struct Fields<'l> {
+    line: &'l mut String,
+    /// A `Debug` or `Display` implementation may fail; the line is then not written.
     result: fmt::Result,
 }
 
-impl Fields<'_, '_> {
-    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+impl Fields<'_> {
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut String) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
         self.result = (|| {
-            self.writer.write_char(',')?;
-            write_string(self.writer, field.name())?;
-            self.writer.write_char(':')?;
-            value(self.writer)
+            self.line.push(',');
+            write_string(self.line, field.name())?;
+            self.line.push(':');
+            value(self.line)
         })();
     }
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.field(field, |out| write_string(out, value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.field(field, |out| write!(out, "{value}"));
+        self.field(field, |out| {
+            out.write_str(if value { "true" } else { "false" })
+        });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -325,6 +364,39 @@ mod tests {
         assert_eq!(line["display"], nasty);
         assert_eq!(line["debug"], format!("{nasty:?}"));
         assert_eq!(line["message"], nasty);
+    }
+
+    /// A field whose formatting logs: tracing drops the nested event (it does not dispatch
+    /// from inside a dispatch), and the line being formatted still comes out whole.
+    #[test]
+    fn a_field_whose_formatting_logs_still_gives_a_whole_line() {
+        struct Noisy;
+        impl fmt::Debug for Noisy {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                tracing::info!(inner = "yes", "formatting logged");
+                f.write_str("noisy")
+            }
+        }
+        let lines = logged(|| tracing::info!(field = ?Noisy, "outer"));
+        let messages: Vec<_> = lines
+            .iter()
+            .map(|(line, _)| line["message"].clone())
+            .collect();
+        assert_eq!(messages, ["outer"]);
+        assert_eq!(lines[0].0["field"], "noisy");
+    }
+
+    /// A huge field is written whole, and the buffer it grew is not kept for later lines.
+    #[test]
+    fn a_huge_line_is_written_and_its_buffer_not_kept() {
+        let huge = "x".repeat(4 * KEPT_LINE_CAPACITY);
+        let lines = logged(|| {
+            tracing::info!(body = huge.as_str(), "huge");
+            tracing::info!("small");
+        });
+        assert_eq!(lines[0].0["body"], huge.as_str());
+        assert_eq!(lines[1].0["message"], "small");
+        LINE.with(|line| assert!(line.borrow().capacity() <= KEPT_LINE_CAPACITY));
     }
 
     #[test]
