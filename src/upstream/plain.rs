@@ -116,7 +116,7 @@ impl PlainPool {
         if !request.headers().contains_key(HOST) {
             request.headers_mut().insert(HOST, self.host.clone());
         }
-        let (mut sender, reused) = match self.checkout().await {
+        let (mut sender, reused) = match self.checkout() {
             Some(sender) => (sender, true),
             None => (self.connect().await?, false),
         };
@@ -143,12 +143,16 @@ impl PlainPool {
         Ok((parts, body))
     }
 
-    /// The most recently used idle connection that is still open and not expired.
-    async fn checkout(&self) -> Option<Sender> {
+    /// The most recently used idle connection that is ready for a request and not expired.
+    ///
+    /// Readiness is checked, not awaited: a connection can be checked in while hyper is still
+    /// writing its request body (the upstream answered before reading all of it), and may never
+    /// become ready; waiting for it would hold up this request until its timeout.
+    fn checkout(&self) -> Option<Sender> {
         loop {
-            let Idle { mut sender, since } = self.lock().connections.pop_back()?;
-            // Dropping one that is closed or too old closes it.
-            if since.elapsed() < self.idle_timeout && sender.ready().await.is_ok() {
+            let Idle { sender, since } = self.lock().connections.pop_back()?;
+            // Dropping one that is closed, busy or too old closes it.
+            if since.elapsed() < self.idle_timeout && sender.is_ready() {
                 return Some(sender);
             }
         }
@@ -197,43 +201,40 @@ impl PlainPool {
         }
     }
 
-    /// A new connection, driven by a task on the calling runtime. Each address the name
-    /// resolves to is tried in turn, each with its share of [`CONNECT_TIMEOUT`].
+    /// A new connection, driven by a task on the calling runtime. The name is resolved
+    /// within [`CONNECT_TIMEOUT`], then each address it resolves to is tried in turn, each
+    /// with its share of another [`CONNECT_TIMEOUT`] (as hyper-util's connector shares it,
+    /// though without its head start for the second address family).
     async fn connect(&self) -> anyhow::Result<Sender> {
-        let started = Instant::now();
         let addresses: Vec<SocketAddr> =
             tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(&self.address))
                 .await
                 .with_context(|| format!("resolving {} timed out", self.address))?
                 .with_context(|| format!("resolving {}", self.address))?
                 .collect();
-        let share =
-            CONNECT_TIMEOUT.saturating_sub(started.elapsed()) / addresses.len().max(1) as u32;
+        let share = CONNECT_TIMEOUT / u32::try_from(addresses.len().max(1)).unwrap_or(u32::MAX);
         let mut last_error = anyhow::anyhow!("{} resolves to no address", self.address);
         for address in addresses {
-            let stream = match tokio::time::timeout(share, TcpStream::connect(address)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    last_error =
-                        anyhow::Error::new(error).context(format!("connecting to {address}"));
-                    continue;
-                }
-                Err(_) => {
-                    last_error = anyhow::anyhow!("connecting to {address} timed out");
-                    continue;
-                }
-            };
-            stream.set_nodelay(true)?;
-            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-            let upstream = self.address.clone();
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(upstream = %upstream, error = %error, "upstream connection failed");
-                }
-            });
-            return Ok(sender);
+            match tokio::time::timeout(share, Self::open(address)).await {
+                Ok(Ok(sender)) => return Ok(sender),
+                Ok(Err(error)) => last_error = error.context(format!("connecting to {address}")),
+                Err(_) => last_error = anyhow::anyhow!("connecting to {address} timed out"),
+            }
         }
         Err(last_error)
+    }
+
+    /// A connection to `address`, its task spawned.
+    async fn open(address: SocketAddr) -> anyhow::Result<Sender> {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(upstream = %address, error = %error, "upstream connection failed");
+            }
+        });
+        Ok(sender)
     }
 
     fn lock(&self) -> MutexGuard<'_, IdleConnections> {
@@ -470,6 +471,47 @@ mod tests {
             format!("{error:#}").contains(&address.to_string()),
             "{error:#}"
         );
+    }
+
+    /// An upstream that answers before reading the whole request body, and keeps the
+    /// connection open: hyper is still writing the body when the answer is read, so that
+    /// connection is not ready for another request, and the next one must not wait for it.
+    #[tokio::test]
+    async fn a_connection_still_sending_its_request_is_not_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: Uri = format!("http://{}/hook", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut unread = Vec::new();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut stream = BufReader::new(stream);
+                let mut line = String::new();
+                while stream.read_line(&mut line).await.unwrap_or(0) > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                stream.get_mut().write_all(answer).await.unwrap();
+                // Neither read further nor closed.
+                unread.push(stream);
+            }
+        });
+        let pool = pool(&url, 4, POOL_IDLE_TIMEOUT);
+        // Larger than the socket buffers on both sides: hyper cannot finish writing it.
+        let mut large = request(&url);
+        *large.body_mut() = Full::new(Bytes::from(vec![b'x'; 32 * 1024 * 1024]));
+        let (parts, _) = pool.exchange(large, 1024).await.unwrap();
+        assert_eq!(parts.status, 200);
+        let next =
+            tokio::time::timeout(Duration::from_secs(10), pool.exchange(request(&url), 1024))
+                .await
+                .expect("the next request waited for a connection that never became ready");
+        assert_eq!(next.unwrap().0.status, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     /// A reused connection that closes as a request is handed to it gives the request back
