@@ -42,23 +42,25 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        LINE.with(|line| match line.try_borrow_mut() {
-            Ok(mut line) => {
-                line.clear();
-                let written = write_line(&mut line, event).and_then(|()| writer.write_str(&line));
-                if line.capacity() > KEPT_LINE_CAPACITY {
-                    *line = String::new();
-                }
-                written
+        let in_buffer = LINE.try_with(|line| {
+            let mut line = line.try_borrow_mut().ok()?;
+            line.clear();
+            let written = write_line(&mut line, event).and_then(|()| writer.write_str(&line));
+            if line.capacity() > KEPT_LINE_CAPACITY {
+                *line = String::new();
             }
-            // Only if formatting a field formatted another line on this thread (tracing itself
-            // does not dispatch from inside a dispatch): that one gets a buffer of its own.
-            Err(_) => {
+            Some(written)
+        });
+        match in_buffer {
+            Ok(Some(written)) => written,
+            // The thread is ending, or formatting a field formatted another line on this thread
+            // (tracing itself does not dispatch from inside a dispatch): a buffer of its own.
+            _ => {
                 let mut line = String::new();
                 write_line(&mut line, event)?;
                 writer.write_str(&line)
             }
-        })
+        }
     }
 }
 
