@@ -11,6 +11,8 @@
 //! The rules are hyper-util's:
 //! - a connection goes back only once its answer was read whole; one whose exchange failed,
 //!   timed out or was cut short is dropped, which closes it;
+//! - a request takes only a connection that is ready for it (not one still writing an earlier
+//!   request's body that the upstream answered without reading); the others are closed;
 //! - idle connections are kept at most [`POOL_IDLE_TIMEOUT`] (a reaper task closes them even
 //!   when no traffic comes), at most [`POOL_MAX_IDLE_PER_HOST`] of them;
 //! - a request that a reused connection gave back unsent (the upstream closed it as the request
