@@ -136,15 +136,7 @@ impl UpstreamClient {
     ) -> anyhow::Result<Answer> {
         match self {
             Self::Pooled(clients) => {
-                let response = clients.current().request(request).await?;
-                let (parts, body) = response.into_parts();
-                let body = Limited::new(body, max_body)
-                    .collect()
-                    .await
-                    .map_err(|error| anyhow::anyhow!(error))
-                    .context("reading the answer's body")?
-                    .to_bytes();
-                Ok((parts, body))
+                read_whole(clients.current().request(request).await?, max_body).await
             }
             Self::Plain(pools) => {
                 // On a connection of its own, the request line carries only the path.
@@ -164,6 +156,21 @@ impl UpstreamClient {
             _ => false,
         }
     }
+}
+
+/// `response` with its body read whole, refusing a body over `max_body` bytes.
+async fn read_whole(
+    response: http::Response<hyper::body::Incoming>,
+    max_body: usize,
+) -> anyhow::Result<Answer> {
+    let (parts, body) = response.into_parts();
+    let body = Limited::new(body, max_body)
+        .collect()
+        .await
+        .map_err(|error| anyhow::anyhow!(error))
+        .context("reading the answer's body")?
+        .to_bytes();
+    Ok((parts, body))
 }
 
 /// The clients of every configured upstream, built with each gateway (at startup and on

@@ -28,7 +28,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -134,15 +134,9 @@ impl PlainPool {
                 _ => return Err(error.into_error().into()),
             },
         };
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, max_body)
-            .collect()
-            .await
-            .map_err(|error| anyhow::anyhow!(error))
-            .context("reading the answer's body")?
-            .to_bytes();
+        let answer = super::read_whole(response, max_body).await?;
         self.check_in(sender);
-        Ok((parts, body))
+        Ok(answer)
     }
 
     /// The most recently used idle connection that is ready for a request and not expired.
