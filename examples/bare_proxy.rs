@@ -1,6 +1,7 @@
 //! The floor of hookgate's stack: a proxy that does nothing but relay, on the same crates and
 //! runtime layout as `hookgate serve` (one single-threaded tokio runtime per core with its own
-//! `SO_REUSEPORT` listener, hyper's HTTP/1 server, hyper-util's pooled client, mimalloc).
+//! `SO_REUSEPORT` listener, hyper's HTTP/1 server, a stack of idle HTTP/1 upstream connections
+//! per worker as hookgate keeps for a plain-HTTP upstream, mimalloc).
 //! No JSON, no verification, no dedup, no limits, no signing, no logging, no metrics.
 //!
 //! It answers "what would any gateway built on hyper + tokio cost per request on this machine,
@@ -13,9 +14,9 @@
 //! ```
 //! Environment: `UPSTREAM_URL` (set by run.sh; default `http://127.0.0.1:24081`),
 //! `BARE_LISTEN` (default `127.0.0.1:24090`, run.sh's gateway port), `BARE_WORKERS` (cores),
-//! `BARE_POOL=conn`: instead of hyper-util's pool, a stack of idle `hyper::client::conn`
-//! HTTP/1 senders per worker (plain HTTP only; no idle expiry, no retry of a request a closing
-//! connection dropped), to measure what hyper-util's pool costs per request.
+//! `BARE_POOL=hyper-util`: hyper-util's pooled client instead of the stack of idle
+//! `hyper::client::conn` senders (which has no idle expiry and no resend of a request a closing
+//! connection dropped: not a product), to measure what hyper-util's pool costs per request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,7 +39,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// How the relay reaches the upstream.
 #[derive(Clone)]
 enum Upstream {
-    /// hyper-util's pooled client (what hookgate uses).
+    /// hyper-util's pooled client (what hookgate uses for HTTPS upstreams).
     Pooled(Box<Client<HttpConnector, Full<Bytes>>>),
     /// Idle HTTP/1 connections of this worker, most recently used first.
     Conns(Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>>),
@@ -78,14 +79,14 @@ fn worker(listen: SocketAddr, upstream: String) -> anyhow::Result<()> {
         socket.set_reuseport(true)?;
         socket.bind(listen)?;
         let listener = socket.listen(1024)?;
-        let client = if std::env::var("BARE_POOL").is_ok_and(|pool| pool == "conn") {
-            Upstream::Conns(Arc::default())
-        } else {
+        let client = if std::env::var("BARE_POOL").is_ok_and(|pool| pool == "hyper-util") {
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
             Upstream::Pooled(Box::new(
                 Client::builder(TokioExecutor::new()).build(connector),
             ))
+        } else {
+            Upstream::Conns(Arc::default())
         };
         loop {
             let (stream, _) = listener.accept().await?;
