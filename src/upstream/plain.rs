@@ -474,7 +474,12 @@ mod tests {
     /// connection is not ready for another request, and the next one must not wait for it.
     #[tokio::test]
     async fn a_connection_still_sending_its_request_is_not_reused() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A small, fixed receive buffer (no autotuning): far less than the body below can
+        // be in flight, whatever the machine's TCP settings.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(16).unwrap();
         let url: Uri = format!("http://{}/hook", listener.local_addr().unwrap())
             .parse()
             .unwrap();
@@ -497,7 +502,7 @@ mod tests {
             }
         });
         let pool = pool(&url, 4, POOL_IDLE_TIMEOUT);
-        // Larger than the socket buffers on both sides: hyper cannot finish writing it.
+        // Far larger than the socket buffers on both sides: hyper cannot finish writing it.
         let mut large = request(&url);
         *large.body_mut() = Full::new(Bytes::from(vec![b'x'; 32 * 1024 * 1024]));
         let (parts, _) = pool.exchange(large, 1024).await.unwrap();
