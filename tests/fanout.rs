@@ -66,8 +66,6 @@ async fn all_200_is_200_with_the_first_upstreams_body() {
     assert_eq!((a.count(), b.count()), (1, 1));
 }
 
-/// One fails (b: 500): the sender gets b's 500; retries go only to b (a's 200 is on record)
-/// until b answers 200; then the answer is 200 with a's body, and the next retry is replayed.
 /// Events one after another reach each upstream over the connection already open; an
 /// upstream that closes its connection after every answer still gets every event.
 #[tokio::test]
@@ -90,6 +88,8 @@ async fn events_reuse_upstream_connections_unless_the_upstream_closes_them() {
     assert_eq!(b.connections(), 10, "a new connection after every close");
 }
 
+/// One fails (b: 500): the sender gets b's 500; retries go only to b (a's 200 is on record)
+/// until b answers 200; then the answer is 200 with a's body, and the next retry is replayed.
 #[tokio::test]
 async fn a_failing_upstream_is_retried_alone() {
     let (a, b, gateway) = fan_out(Reply::json(200, "from a"), Reply::json(200, "from b"), "").await;
