@@ -560,7 +560,7 @@ async fn direct_status(upstream: &FakeUpstream, keys: &str) -> Result<u16, Strin
     let client = clients.for_upstream(&config.upstreams[0]);
     assert!(matches!(
         client,
-        hookgate::upstream::UpstreamClient::Pooled(_)
+        hookgate::upstream::UpstreamClient::Pooled { .. }
     ));
     let request = Request::post(upstream.https_url("/hook"))
         .body(Full::new(Bytes::from_static(b"{}")))

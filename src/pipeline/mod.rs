@@ -540,10 +540,14 @@ upstreams = ["plain", "private"]
         let pools = |gateway: &Gateway, name: &str| {
             gateway.upstream(name).expect("configured").client.clone()
         };
-        assert!(matches!(pools(&running, "plain"), UpstreamClient::Plain(_)));
+        // A plain-HTTP upstream's requests carry only the path; an HTTPS one's, the URL.
+        assert!(matches!(
+            pools(&running, "plain"),
+            UpstreamClient::Plain { path, .. } if path == "/hook"
+        ));
         assert!(matches!(
             pools(&running, "private"),
-            UpstreamClient::Pooled(_)
+            UpstreamClient::Pooled { url, .. } if url == "https://upstream.test/hook"
         ));
         assert!(pools(&reloaded, "plain").same_pools(&pools(&running, "plain")));
         assert!(!pools(&reloaded, "private").same_pools(&pools(&running, "private")));

@@ -16,12 +16,14 @@
 mod plain;
 
 use std::cell::Cell;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use http::header::HeaderValue;
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::builderstates::WantsSchemes;
@@ -108,23 +110,31 @@ impl WorkerPools {
         let index = WORKER_INDEX.with(Cell::get);
         &self.0[index % self.0.len()]
     }
-
-    fn address(&self) -> &str {
-        self.0[0].address()
-    }
 }
 
-/// How one upstream is reached.
+/// How one upstream is reached, and the request target its requests carry (made once, not
+/// per request).
 #[derive(Clone, Debug)]
 pub enum UpstreamClient {
     /// hyper-util's pooled client: HTTPS (TLS, HTTP/2 by ALPN).
-    Pooled(WorkerClients),
+    Pooled {
+        /// The pools, one per worker.
+        clients: WorkerClients,
+        /// The upstream's URL, which this client takes as the request's URI.
+        url: Uri,
+    },
     /// hookgate's own keep-alive HTTP/1.1 connections: plain HTTP.
-    Plain(WorkerPools),
+    Plain {
+        /// The pools of the URL's `host:port`, one per worker.
+        pools: WorkerPools,
+        /// The URL's path and query: on a connection of its own, the request line carries
+        /// only these.
+        path: Uri,
+    },
 }
 
 impl UpstreamClient {
-    /// Sends `request` (its URI absolute: the upstream's URL) on the calling worker's
+    /// Sends `request` to the upstream (its URI is set here) on the calling worker's
     /// connections and reads the whole answer, refusing a body over `max_body` bytes.
     ///
     /// # Errors
@@ -135,13 +145,12 @@ impl UpstreamClient {
         max_body: usize,
     ) -> anyhow::Result<Answer> {
         match self {
-            Self::Pooled(clients) => {
+            Self::Pooled { clients, url } => {
+                *request.uri_mut() = url.clone();
                 read_whole(clients.current().request(request).await?, max_body).await
             }
-            Self::Plain(pools) => {
-                // On a connection of its own, the request line carries only the path.
-                let target = request.uri().path_and_query().cloned();
-                *request.uri_mut() = target.map_or_else(|| Uri::from_static("/"), Uri::from);
+            Self::Plain { pools, path } => {
+                *request.uri_mut() = path.clone();
                 pools.current().exchange(request, max_body).await
             }
         }
@@ -151,8 +160,12 @@ impl UpstreamClient {
     #[cfg(test)]
     pub(crate) fn same_pools(&self, other: &Self) -> bool {
         match (self, other) {
-            (Self::Pooled(this), Self::Pooled(other)) => this.same_pools(other),
-            (Self::Plain(this), Self::Plain(other)) => Arc::ptr_eq(&this.0, &other.0),
+            (Self::Pooled { clients: this, .. }, Self::Pooled { clients: other, .. }) => {
+                this.same_pools(other)
+            }
+            (Self::Plain { pools: this, .. }, Self::Plain { pools: other, .. }) => {
+                Arc::ptr_eq(&this.0, &other.0)
+            }
             _ => false,
         }
     }
@@ -202,10 +215,16 @@ impl Clients {
         let mut dedicated = HashMap::new();
         let mut plain: HashMap<String, WorkerPools> = HashMap::new();
         for upstream in upstreams {
-            if let Some(pools) = WorkerPools::new(&upstream.url, workers) {
-                let kept = previous.and_then(|previous| previous.plain.get(pools.address()));
-                let pools = kept.cloned().unwrap_or(pools);
-                plain.entry(pools.address().to_owned()).or_insert(pools);
+            if let Some(address) = plain::address_of(&upstream.url) {
+                if let Entry::Vacant(slot) = plain.entry(address) {
+                    let kept = previous.and_then(|previous| previous.plain.get(slot.key()));
+                    if let Some(pools) = kept
+                        .cloned()
+                        .or_else(|| WorkerPools::new(&upstream.url, workers))
+                    {
+                        slot.insert(pools);
+                    }
+                }
             } else if let Some(config) =
                 tls_config(upstream).with_context(|| format!("upstream {:?}", upstream.name))?
             {
@@ -235,16 +254,39 @@ impl Clients {
     /// The clients to forward to `upstream` with (one of those [`Clients::from_config`] was
     /// given); cloning them is cheap and shares their pools.
     pub fn for_upstream(&self, upstream: &Upstream) -> UpstreamClient {
-        let plain = plain::address_of(&upstream.url).and_then(|address| self.plain.get(&address));
+        let url = &upstream.url;
+        let plain = plain::address_of(url).and_then(|address| self.plain.get(&address));
         match plain {
-            Some(pools) => UpstreamClient::Plain(pools.clone()),
-            None => UpstreamClient::Pooled(
-                self.dedicated
+            Some(pools) => UpstreamClient::Plain {
+                pools: pools.clone(),
+                path: url
+                    .path_and_query()
+                    .map_or_else(|| Uri::from_static("/"), |path| Uri::from(path.clone())),
+            },
+            None => UpstreamClient::Pooled {
+                clients: self
+                    .dedicated
                     .get(&upstream.name)
                     .unwrap_or(&self.default)
                     .clone(),
-            ),
+                url: url.clone(),
+            },
         }
+    }
+}
+
+/// The `host` header hyper-util's client sets for `url`: the host, with the port unless it is
+/// the scheme's default. Made once per upstream: the clients would otherwise format it on
+/// every request.
+pub fn host_header(url: &Uri) -> Option<HeaderValue> {
+    let host = url.host()?;
+    let default_port = match url.scheme_str() {
+        Some("https" | "wss") => 443,
+        _ => 80,
+    };
+    match url.port_u16() {
+        Some(port) if port != default_port => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
+        _ => HeaderValue::from_str(host).ok(),
     }
 }
 
@@ -300,4 +342,25 @@ fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(https)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_header_is_the_one_the_client_would_set() {
+        for (url, host) in [
+            ("http://127.0.0.1:8080/hook", "127.0.0.1:8080"),
+            ("http://app.internal/hook", "app.internal"),
+            ("http://app.internal:80/hook", "app.internal"),
+            ("https://app.internal:443/hook", "app.internal"),
+            ("https://app.internal:8443/hook", "app.internal:8443"),
+            ("http://app.internal:443/hook", "app.internal:443"),
+            ("https://[::1]:9443/hook", "[::1]:9443"),
+        ] {
+            let url: http::Uri = url.parse().unwrap();
+            assert_eq!(host_header(&url).unwrap(), host, "{url}");
+        }
+    }
 }

@@ -85,23 +85,13 @@ impl PlainPool {
     }
 
     fn with_limits(url: &Uri, max_idle: usize, idle_timeout: Duration) -> Option<Self> {
-        let address = address_of(url)?;
-        let host_header = match url.port_u16() {
-            Some(port) if port != 80 => address.clone(),
-            _ => url.host()?.to_owned(),
-        };
         Some(Self {
-            address,
-            host: HeaderValue::from_str(&host_header).ok()?,
+            address: address_of(url)?,
+            host: super::host_header(url)?,
             max_idle,
             idle_timeout,
             idle: Mutex::default(),
         })
-    }
-
-    /// The `host:port` this pool connects to.
-    pub fn address(&self) -> &str {
-        &self.address
     }
 
     /// Sends `request` (its URI as the request target: origin-form) and reads the whole
@@ -522,7 +512,9 @@ mod tests {
         let mut upstream = upstream(Then::KeepOpen, "ok").await;
         let pool = pool(&upstream.url, 4, POOL_IDLE_TIMEOUT);
         // A connection that is ready (its task ran once) but will never run again.
-        let stream = TcpStream::connect(pool.address()).await.unwrap();
+        let stream = TcpStream::connect(upstream.url.authority().unwrap().as_str())
+            .await
+            .unwrap();
         let (sender, mut connection) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
             .await
             .unwrap();
