@@ -321,6 +321,18 @@ mod tests {
         }
     }
 
+    impl Upstream {
+        /// Waits (bounded) until the client has closed `count` more connections.
+        async fn wait_closed(&mut self, count: usize, what: &str) {
+            for _ in 0..count {
+                tokio::time::timeout(Duration::from_secs(10), self.closed.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("{what}"))
+                    .unwrap();
+            }
+        }
+    }
+
     fn request(url: &Uri) -> Request<Full<Bytes>> {
         let mut request = Request::new(Full::new(Bytes::from_static(b"{\"event\":{}}")));
         *request.method_mut() = http::Method::POST;
@@ -392,13 +404,9 @@ mod tests {
         }
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 5);
         assert_eq!(pool.idle_count(), 2);
-        // The three that did not fit were closed.
-        for _ in 0..3 {
-            tokio::time::timeout(Duration::from_secs(10), upstream.closed.recv())
-                .await
-                .expect("a connection past max_idle is closed")
-                .unwrap();
-        }
+        upstream
+            .wait_closed(3, "the connections past max_idle are closed")
+            .await;
         for _ in 0..5 {
             pool.exchange(request(&upstream.url), 1024).await.unwrap();
         }
@@ -421,13 +429,10 @@ mod tests {
         let pool = self::pool(&upstream.url, 4, Duration::from_millis(50));
         pool.exchange(request(&upstream.url), 1024).await.unwrap();
         assert_eq!(pool.idle_count(), 1);
-        // With no more traffic, the reaper closes it once it expires.
-        for _ in 0..4 {
-            tokio::time::timeout(Duration::from_secs(10), upstream.closed.recv())
-                .await
-                .expect("the idle connection is closed after its timeout")
-                .unwrap();
-        }
+        // The three expired ones, then this one: with no more traffic, the reaper closes it.
+        upstream
+            .wait_closed(4, "the idle connection is closed after its timeout")
+            .await;
         assert_eq!(pool.idle_count(), 0);
     }
 
