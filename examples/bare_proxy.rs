@@ -1,64 +1,80 @@
 //! The floor of hookgate's stack: a proxy that does nothing but relay, on the same crates and
 //! runtime layout as `hookgate serve` (one single-threaded tokio runtime per core with its own
-//! `SO_REUSEPORT` listener, hyper's HTTP/1 server, a stack of idle HTTP/1 upstream connections
-//! per worker as hookgate keeps for a plain-HTTP upstream, mimalloc).
+//! `SO_REUSEPORT` listener, hyper's HTTP/1 server, hookgate's own upstream client with a pool
+//! per worker, mimalloc).
 //! No JSON, no verification, no dedup, no limits, no signing, no logging, no metrics.
 //!
 //! It answers "what would any gateway built on hyper + tokio cost per request on this machine,
-//! before doing any work of its own?" (BENCHMARKS.md). Not a product: no timeouts, no limits.
+//! before doing any work of its own?" (BENCHMARKS.md). Not a product: no limits.
 //!
 //! ```text
 //! cargo build --release --example bare_proxy
 //! GATEWAY_CMD='exec target/release/examples/bare_proxy' TARGETS='direct nginx candidate' \
 //!   ../shared/bench/run.sh
 //! ```
-//! Environment: `UPSTREAM_URL` (set by run.sh; default `http://127.0.0.1:24081`),
-//! `BARE_LISTEN` (default `127.0.0.1:24090`, run.sh's gateway port), `BARE_WORKERS` (cores),
-//! `BARE_POOL=hyper-util`: hyper-util's pooled client instead of the stack of idle
-//! `hyper::client::conn` senders (which has no idle expiry and no resend of a request a closing
-//! connection dropped: not a product), to measure what hyper-util's pool costs per request.
+//! Environment: `UPSTREAM_URL` (set by run.sh; default `http://127.0.0.1:24081`; every request
+//! goes to it as configured, as hookgate forwards), `BARE_LISTEN` (default `127.0.0.1:24090`,
+//! run.sh's gateway port), `BARE_WORKERS` (cores), `BARE_POOL=hyper-util`: hyper-util's pooled
+//! client instead of hookgate's, to measure what hyper-util's pool costs per request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
+
+use hookgate::config::Config;
+use hookgate::upstream::{self, Clients, UpstreamClient};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Largest answer relayed (hookgate's limit for an upstream answer).
+const MAX_ANSWER_BYTES: usize = hookgate::pipeline::forward::MAX_UPSTREAM_BODY_BYTES;
+
 /// How the relay reaches the upstream.
 #[derive(Clone)]
 enum Upstream {
-    /// hyper-util's pooled client (what hookgate uses for HTTPS upstreams).
-    Pooled(Box<Client<HttpConnector, Full<Bytes>>>),
-    /// Idle HTTP/1 connections of this worker, most recently used first.
-    Conns(Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>>),
+    /// hyper-util's pooled client (what hookgate uses for HTTPS upstreams), to `url`.
+    HyperUtil {
+        client: Box<Client<HttpConnector, Full<Bytes>>>,
+        url: Uri,
+    },
+    /// hookgate's client for the upstream (for plain HTTP, its own pool).
+    Hookgate(UpstreamClient),
 }
 
 fn main() -> anyhow::Result<()> {
     let listen: SocketAddr = std::env::var("BARE_LISTEN")
         .unwrap_or_else(|_| "127.0.0.1:24090".to_owned())
         .parse()?;
-    let upstream =
-        std::env::var("UPSTREAM_URL").unwrap_or_else(|_| "http://127.0.0.1:24081".into());
+    let url = std::env::var("UPSTREAM_URL").unwrap_or_else(|_| "http://127.0.0.1:24081".into());
     let workers = match std::env::var("BARE_WORKERS") {
         Ok(count) => count.parse()?,
         Err(_) => std::thread::available_parallelism().map_or(1, usize::from),
     };
+    let upstream = if std::env::var("BARE_POOL").is_ok_and(|pool| pool == "hyper-util") {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Upstream::HyperUtil {
+            client: Box::new(Client::builder(TokioExecutor::new()).build(connector)),
+            url: url.parse()?,
+        }
+    } else {
+        Upstream::Hookgate(hookgate_client(&url, workers)?)
+    };
     let threads: Vec<_> = (0..workers)
-        .map(|_| {
+        .map(|index| {
             let upstream = upstream.clone();
-            std::thread::spawn(move || worker(listen, upstream))
+            std::thread::spawn(move || worker(index, listen, upstream))
         })
         .collect();
     for thread in threads {
@@ -69,7 +85,36 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn worker(listen: SocketAddr, upstream: String) -> anyhow::Result<()> {
+/// The client `hookgate serve` would use for an upstream at `url`, with a pool per worker.
+fn hookgate_client(url: &str, workers: usize) -> anyhow::Result<UpstreamClient> {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[sources]]
+name = "bare"
+path = "/bare"
+
+[upstreams.app]
+url = "{url}"
+
+[[routes]]
+event_type = "*"
+upstream = "app"
+"#
+    );
+    let config = Config::from_toml_str(&text, Path::new("bare_proxy.toml"))?;
+    let clients = Clients::from_config(&config.upstreams, workers, None)?;
+    let app = config
+        .upstreams
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no upstream"))?;
+    Ok(clients.for_upstream(app))
+}
+
+fn worker(index: usize, listen: SocketAddr, upstream: Upstream) -> anyhow::Result<()> {
+    upstream::set_worker_index(index);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -79,23 +124,12 @@ fn worker(listen: SocketAddr, upstream: String) -> anyhow::Result<()> {
         socket.set_reuseport(true)?;
         socket.bind(listen)?;
         let listener = socket.listen(1024)?;
-        let client = if std::env::var("BARE_POOL").is_ok_and(|pool| pool == "hyper-util") {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            Upstream::Pooled(Box::new(
-                Client::builder(TokioExecutor::new()).build(connector),
-            ))
-        } else {
-            Upstream::Conns(Arc::default())
-        };
         loop {
             let (stream, _) = listener.accept().await?;
             stream.set_nodelay(true)?;
-            let client = client.clone();
             let upstream = upstream.clone();
             tokio::spawn(async move {
-                let service =
-                    service_fn(move |request| relay(client.clone(), upstream.clone(), request));
+                let service = service_fn(move |request| relay(upstream.clone(), request));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -106,8 +140,7 @@ fn worker(listen: SocketAddr, upstream: String) -> anyhow::Result<()> {
 
 /// Reads the whole body (as a gateway that checks it must), forwards it, relays the answer.
 async fn relay(
-    client: Upstream,
-    upstream: String,
+    upstream: Upstream,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let failed = |status: u16| {
@@ -119,15 +152,10 @@ async fn relay(
     let Ok(body) = body.collect().await.map(|body| body.to_bytes()) else {
         return failed(400);
     };
-    let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
-    let Ok(uri) = format!("{upstream}{path}").parse::<Uri>() else {
-        return failed(500);
-    };
     let mut forward = Request::new(Full::new(body));
     *forward.method_mut() = parts.method;
-    *forward.uri_mut() = uri;
     copy_content_type(&parts.headers, forward.headers_mut());
-    let Ok((parts, body)) = client.send(forward).await else {
+    let Ok((parts, body)) = upstream.send(forward).await else {
         return failed(502);
     };
     let mut response = Response::new(Full::new(body));
@@ -137,50 +165,19 @@ async fn relay(
 }
 
 impl Upstream {
-    /// Sends `request` and reads the whole answer.
+    /// Sends `request` to the upstream and reads the whole answer.
     async fn send(
         &self,
         mut request: Request<Full<Bytes>>,
     ) -> anyhow::Result<(http::response::Parts, Bytes)> {
-        let idle = match self {
-            Upstream::Pooled(client) => {
+        match self {
+            Upstream::HyperUtil { client, url } => {
+                *request.uri_mut() = url.clone();
                 let (parts, body) = client.request(request).await?.into_parts();
-                return Ok((parts, body.collect().await?.to_bytes()));
+                Ok((parts, body.collect().await?.to_bytes()))
             }
-            Upstream::Conns(idle) => idle,
-        };
-        let authority = request.uri().authority().cloned();
-        let authority = authority.ok_or_else(|| anyhow::anyhow!("no authority"))?;
-        // A connection's request line carries only the path; the host goes in a header.
-        let path = request.uri().path_and_query().cloned();
-        *request.uri_mut() = Uri::from(path.ok_or_else(|| anyhow::anyhow!("no path"))?);
-        request
-            .headers_mut()
-            .insert(http::header::HOST, authority.as_str().parse()?);
-        let mut sender = loop {
-            let popped = idle.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
-            match popped {
-                Some(mut sender) => {
-                    if sender.ready().await.is_ok() {
-                        break sender;
-                    }
-                }
-                None => {
-                    let stream = TcpStream::connect(authority.as_str()).await?;
-                    stream.set_nodelay(true)?;
-                    let (sender, connection) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                    tokio::spawn(connection);
-                    break sender;
-                }
-            }
-        };
-        let (parts, body) = sender.send_request(request).await?.into_parts();
-        let body = body.collect().await?.to_bytes();
-        idle.lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .push(sender);
-        Ok((parts, body))
+            Upstream::Hookgate(client) => client.exchange(request, MAX_ANSWER_BYTES).await,
+        }
     }
 }
 
