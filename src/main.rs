@@ -28,11 +28,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Opts this process out of transparent huge pages.
 ///
 /// mimalloc's memory is eligible for huge pages under Linux's default
-/// `transparent_hugepage=madvise`, and the kernel then faults it in 2 MiB at a time: a dedup
-/// shard's table, reserved at its full size so that it never has to grow, becomes resident
-/// as soon as its first bytes are written. Measured: a store sized for 1,000,000 records made
-/// a freshly started gateway 136 MB resident with no record in it (10,000,000: 1.2 GB).
-/// Without huge pages, memory becomes resident as records fill it. Best effort: elsewhere,
+/// `transparent_hugepage=madvise`, and the kernel then faults it in 2 MiB at a time, ahead of
+/// use. Measured with `examples/dedup_memory.rs`: a full store of 1,000,000 records levels
+/// off at 198 MiB resident with huge pages and 178 MiB without. Best effort: elsewhere,
 /// or if the kernel refuses, nothing changes. (Here, not in the library, which has no
 /// unsafe code; `examples/dedup_memory.rs` does the same.)
 fn disable_transparent_huge_pages() {

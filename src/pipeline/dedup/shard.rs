@@ -5,11 +5,15 @@
 //! fingerprint of its key and its answer packed into one allocation with its expiry
 //! ([`StoredAnswer`]); 165 bytes of RSS per record with a 12-byte answer (measured with
 //! `examples/dedup_memory.rs`), where moka's own bookkeeping alone was about 300.
-//! A shard's table is allocated at twice its capacity up front: at its full size, hashbrown
-//! can then clean out the tombstones that removals leave by rehashing in place, instead of
-//! doubling the table once they pile up, so memory stays flat through any amount of churn.
-//! The reservation costs address space, not memory: pages become resident as records are
-//! written into them (given no transparent huge pages; `hookgate serve` opts out of them).
+//! A shard's table grows with its records, as any map does, and stops growing at twice the
+//! shard's capacity: once tombstones (what removals leave) fill a table holding the
+//! capacity, hashbrown doubles it once, and from then on the records take at most half of
+//! it, so it cleans tombstones out by rehashing in place and memory stays flat through any
+//! amount of churn. Growing on demand keeps memory proportional to the records held, not
+//! to `max_entries`: reserving every shard's final size up front cost 851 bytes a record
+//! for a million records in a store of ten million, because records land in random pages
+//! of the tables and each first write faults a page in (`examples/dedup_memory.rs` with
+//! `MAX_ENTRIES=10000000`).
 //! Every record lives for the same `ttl` from when it was written, so write order is also
 //! expiry order: the oldest record is the next to expire and the first to go when the shard
 //! is full. A record is never refreshed by a read: a replay must not extend how long an
@@ -154,11 +158,8 @@ impl Shard {
     /// An empty shard holding at most `capacity` records.
     pub fn new(capacity: usize) -> Self {
         Self {
-            records: FingerprintMap::with_capacity_and_hasher(
-                capacity.saturating_mul(2),
-                BuildHasherDefault::default(),
-            ),
-            written: VecDeque::with_capacity(capacity),
+            records: FingerprintMap::default(),
+            written: VecDeque::new(),
             capacity,
             in_flight: FingerprintMap::default(),
         }
@@ -312,21 +313,53 @@ mod tests {
         assert!(shard.recorded(&fingerprint(2), || 7).is_some());
     }
 
+    fn spread(n: u64) -> Fingerprint {
+        Fingerprint {
+            table: n.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            shard: 0,
+        }
+    }
+
     #[test]
-    fn churn_never_grows_a_full_shards_table() {
+    fn churn_never_grows_a_full_shards_table_past_twice_its_capacity() {
         let capacity = 7168;
+        let twice: FingerprintMap<StoredAnswer> =
+            FingerprintMap::with_capacity_and_hasher(2 * capacity, BuildHasherDefault::default());
         let mut shard = Shard::new(capacity);
-        let allocated = shard.records.capacity();
+        let mut largest = 0;
         // Ten times over: every record is evicted many times, leaving tombstones behind.
         for n in 0..10 * capacity as u64 {
-            let key = Fingerprint {
-                table: n.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                shard: 0,
-            };
-            shard.record(key, answer("a", u64::MAX), 0);
+            shard.record(spread(n), answer("a", u64::MAX), 0);
+            largest = largest.max(shard.records.capacity());
         }
         assert_eq!(shard.len(), capacity);
-        assert_eq!(shard.records.capacity(), allocated);
+        assert!(
+            largest <= twice.capacity(),
+            "{largest} > {}",
+            twice.capacity()
+        );
         assert!(shard.written.capacity() <= capacity.next_power_of_two());
+    }
+
+    /// A store sized far above what it holds must not cost memory for the records it could
+    /// hold: its tables grow with the records.
+    #[test]
+    fn a_shard_allocates_for_the_records_it_holds_not_its_capacity() {
+        let mut shard = Shard::new(7168);
+        assert_eq!(shard.records.capacity(), 0);
+        assert_eq!(shard.written.capacity(), 0);
+        for n in 0..100 {
+            shard.record(spread(n), answer("a", u64::MAX), 0);
+        }
+        assert!(
+            shard.records.capacity() < 256,
+            "{}",
+            shard.records.capacity()
+        );
+        assert!(
+            shard.written.capacity() < 256,
+            "{}",
+            shard.written.capacity()
+        );
     }
 }
