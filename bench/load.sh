@@ -423,15 +423,16 @@ tree_pids() { # $1 and its children (nginx: master + workers), one per line
   done
   return 0
 }
-tree_ticks() { # utime+stime (clock ticks) of $1 and its children
-  local p stat total=0
+tree_ticks() { # "utime stime" (clock ticks) of $1 and its children
+  local p stat user=0 system=0
   local -a fields
   for p in $(tree_pids "$1"); do
     stat="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
     read -r -a fields <<<"${stat##*) }"         # fields[0] = state (field 3 of stat)
-    total=$(( total + fields[11] + fields[12] ))  # utime (14), stime (15)
+    user=$(( user + fields[11] ))                # utime (14)
+    system=$(( system + fields[12] ))            # stime (15): time in the kernel on its behalf
   done
-  echo "$total"
+  echo "$user $system"
 }
 tree_switches() { # context switches (voluntary + not) of every thread of $1 and its children
   local f p key value total=0
@@ -503,14 +504,14 @@ declare -A ADMIN=( [hookgate]="$HG_ADMIN" [hookgate-dup]="$HG_ADMIN" [hookgate-t
 
 RAW="$TMP/runs.tsv"
 COST="cpu_us/req"; [[ "$COUNT" == instructions ]] && COST="kinstr/req"
-printf 'round\ttarget\tids\treq/s\tp50_ms\tp99_ms\tnon2xx\tsock_err\t%s\trequests\tupstream_got\treplays\tdup_hdr\tcheck\tcs/req\n' "$COST" >"$RAW"
+printf 'round\ttarget\tids\treq/s\tp50_ms\tp99_ms\tnon2xx\tsock_err\t%s\trequests\tupstream_got\treplays\tdup_hdr\tcheck\tcs/req\tsys_us/req\n' "$COST" >"$RAW"
 INVALID=0
 
 measure() { # $1 = round, $2 = target
   local t=$2 url=${URL[$2]} ids=${IDS[$2]} ppid=${PROXY[$2]} admin=${ADMIN[$2]:-}
   local out="$TMP/wrk-$1-$t.txt"
   if (( WARMUP > 0 )); then run_wrk "$url" "$ids" "$WARMUP" "$out.warmup" || warn "$t warm-up: wrk failed"; fi
-  local u0 u1 r0=0 r1=0 c0=0 c1=0 s0=0 s1=0
+  local u0 u1 r0=0 r1=0 c0="0 0" c1="0 0" s0=0 s1=0
   u0="$(upstream_count)"
   [[ -n "$admin" ]] && r0="$(replays "$admin")"
   [[ -n "$ppid" ]] && c0="$(tree_ticks "$ppid")" && s0="$(tree_switches "$ppid")"
@@ -539,7 +540,8 @@ measure() { # $1 = round, $2 = target
   fi
   # upstream_got: requests the upstream served in the window (minus the second /__count itself)
   awk -v round="$1" -v t="$t" -v ids="$ids" -v res="$result" -v tck="$CLK_TCK" \
-      -v cpu="$([[ -n "$ppid" ]] && echo $(( c1 - c0 )) || echo -)" -v got=$(( u1 - u0 - 1 )) \
+      -v cpu="$([[ -n "$ppid" ]] && echo $(( ${c1% *} + ${c1#* } - ${c0% *} - ${c0#* } )) || echo -)" \
+      -v sys="$([[ -n "$ppid" ]] && echo $(( ${c1#* } - ${c0#* } )) || echo -)" -v got=$(( u1 - u0 - 1 )) \
       -v counted="$counted" \
       -v cs="$([[ -n "$ppid" ]] && echo $(( s1 - s0 )) || echo -)" \
       -v rep="$([[ -n "$admin" ]] && echo $(( r1 - r0 )) || echo -)" -v conns="$CONNS" '
@@ -550,6 +552,7 @@ measure() { # $1 = round, $2 = target
       cpu_req = (cpu == "-" || req == 0) ? "-" : sprintf("%.1f", cpu / tck * 1e6 / req)
       if (counted != "") cpu_req = (counted == "-" || req == 0) ? "-" : sprintf("%.1f", counted / 1000 / req)
       cs_req = (cs == "-" || req == 0) ? "-" : sprintf("%.3f", cs / req)
+      sys_req = (sys == "-" || req == 0) ? "-" : sprintf("%.1f", sys / tck * 1e6 / req)
       check = ""
       if (r["non2xx"] > 0) check = check sprintf("INVALID:%d_non2xx(last_HTTP_%d),", r["non2xx"], r["bad_status"])
       if (r["sock_err"] > 0) check = check "socket_errors,"
@@ -564,9 +567,9 @@ measure() { # $1 = round, $2 = target
         if (r["dup_answers"] != req) check = check "answers_without_hookgate-duplicate,"
       }
       if (check == "") check = "ok"; else sub(/,$/, "", check)
-      printf "%s\t%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%d\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", round, t, ids, r["rps"],
+      printf "%s\t%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%d\t%s\t%d\t%d\t%s\t%d\t%s\t%s\t%s\n", round, t, ids, r["rps"],
         r["p50_us"] / 1000, r["p99_us"] / 1000, r["non2xx"], r["sock_err"], cpu_req, req, got, rep,
-        r["dup_answers"], check, cs_req
+        r["dup_answers"], check, cs_req, sys_req
     }' >>"$RAW"
   local check; check="$(tail -1 "$RAW" | cut -f14)"
   if [[ "$check" != ok ]]; then
@@ -596,7 +599,8 @@ done
 echo
 echo "== runs (cpu_us/req: CPU time of the proxy's processes per request, or with COUNT=instructions"
 echo "   kinstr/req: thousands of instructions hookgate ran per request; cs/req: their context"
-echo "   switches per request, voluntary and not; upstream_got: requests the"
+echo "   switches per request, voluntary and not; sys_us/req: the part of the CPU time spent in the"
+echo "   kernel on their behalf (stime; with COUNT=instructions, valgrind's); upstream_got: requests the"
 echo "   upstream served in the window; replays: hookgate_dedup_hits_total delta; dup_hdr: answers"
 echo "   carrying hookgate-duplicate)"
 column -t -s $'\t' "$RAW" 2>/dev/null || cat "$RAW"
@@ -610,6 +614,7 @@ awk -F'\t' -v order="$TARGETS" -v rounds="$ROUNDS" -v stages="$STAGES" -v cost="
   NR > 1 { rps[$2] = rps[$2] " " $4; p50[$2] = p50[$2] " " $5; p99[$2] = p99[$2] " " $6
            if ($9 != "-") cpu[$2] = cpu[$2] " " $9
            if ($15 != "-") cs[$2] = cs[$2] " " $15
+           if ($16 != "-") sys[$2] = sys[$2] " " $16
            bad[$2] += $7; sock[$2] += $8; ids[$2] = $3; runs[$2]++; if ($14 == "ok") ok[$2]++ }
   function ratio(a, b,   x, y, z) {
     if (!(a in R) || !(b in R)) return
@@ -620,14 +625,14 @@ awk -F'\t' -v order="$TARGETS" -v rounds="$ROUNDS" -v stages="$STAGES" -v cost="
   }
   END {
     printf "== summary: medians of %d round(s), STAGES=%s\n", rounds, stages
-    printf "%-15s %-6s %9s %8s %8s %7s %8s %12s %8s %8s\n", "target", "ids", "req/s", "p50_ms", "p99_ms", "non2xx", "sock_err", cost, "cs/req", "checks"
+    printf "%-15s %-6s %9s %8s %8s %7s %8s %12s %10s %8s %8s\n", "target", "ids", "req/s", "p50_ms", "p99_ms", "non2xx", "sock_err", cost, "sys_us/req", "cs/req", "checks"
     n = split(order, T, " ")
     for (i = 1; i <= n; i++) { t = T[i]; if (!(t in runs)) continue
       R[t] = median(rps[t]); P[t] = median(p50[t]); C[t] = median(cpu[t])
-      S = median(cs[t])
-      printf "%-15s %-6s %9.0f %8.3f %8.3f %7d %8d %12s %8s %8s\n", t, ids[t], R[t], P[t], median(p99[t]),
-        bad[t], sock[t], (C[t] == "" ? "-" : sprintf("%.1f", C[t])), (S == "" ? "-" : sprintf("%.2f", S)),
-        (ok[t] + 0) "/" runs[t] }
+      S = median(cs[t]); K = median(sys[t])
+      printf "%-15s %-6s %9.0f %8.3f %8.3f %7d %8d %12s %10s %8s %8s\n", t, ids[t], R[t], P[t], median(p99[t]),
+        bad[t], sock[t], (C[t] == "" ? "-" : sprintf("%.1f", C[t])), (K == "" ? "-" : sprintf("%.1f", K)),
+        (S == "" ? "-" : sprintf("%.2f", S)), (ok[t] + 0) "/" runs[t] }
     print ""
     print "== ratios (req/s > 1: more throughput; p50 and cpu/req < 1: faster, cheaper)"
     printf "%-26s %8s %8s %12s\n", "ratio", "req/s", "p50", "cpu/req"
