@@ -19,7 +19,7 @@ use super::rate_limit::UpstreamLimit;
 use super::sign::{Signer, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 use crate::config::{Secret, Upstream};
 use crate::metrics::{AttemptStatus, Metrics, UpstreamAttempts};
-use crate::upstream::{host_header, UpstreamClient};
+use crate::upstream::UpstreamClient;
 
 /// Largest upstream answer kept; it is held in memory and in the dedup record.
 pub const MAX_UPSTREAM_BODY_BYTES: usize = 1024 * 1024;
@@ -117,9 +117,6 @@ pub struct UpstreamTarget {
     /// How this upstream is reached (its plain-HTTP pools, the shared HTTPS clients, or its
     /// own for `ca` / `client_cert`), resolved once rather than looked up per forward.
     pub client: UpstreamClient,
-    /// The `host` header for its URL, made once: the HTTP/1 client would otherwise format
-    /// it on every request.
-    pub host: Option<HeaderValue>,
 }
 
 impl UpstreamTarget {
@@ -172,7 +169,6 @@ impl UpstreamTarget {
         };
         Ok(Self {
             name: Arc::from(config.name.as_str()),
-            host: host_header(&config.url),
             in_flight,
             rate_limit,
             signer,
@@ -295,10 +291,7 @@ pub async fn forward(target: &UpstreamTarget, delivery: &Delivery) -> Outcome {
     *request.method_mut() = Method::POST;
     let headers = request.headers_mut();
     headers.clone_from(&delivery.headers);
-    if let Some(host) = &target.host {
-        headers.insert(header::HOST, host.clone());
-    }
-    // After `host`: an upstream's configured headers win.
+    // An upstream's configured headers win (`host` is not among them: the client sets it).
     for (name, value) in &upstream.headers {
         headers.insert(name.clone(), value.clone());
     }

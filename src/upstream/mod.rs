@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use http::header::HeaderValue;
+use http::header::{HeaderValue, HOST};
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::builderstates::WantsSchemes;
@@ -112,8 +112,8 @@ impl WorkerPools {
     }
 }
 
-/// How one upstream is reached, and the request target its requests carry (made once, not
-/// per request).
+/// How one upstream is reached, and the request target and `host` header its requests carry
+/// (made once, not per request).
 #[derive(Clone, Debug)]
 pub enum UpstreamClient {
     /// hyper-util's pooled client: HTTPS (TLS, HTTP/2 by ALPN).
@@ -122,6 +122,8 @@ pub enum UpstreamClient {
         clients: WorkerClients,
         /// The upstream's URL, which this client takes as the request's URI.
         url: Uri,
+        /// The URL's `host` header.
+        host: Option<HeaderValue>,
     },
     /// hookgate's own keep-alive HTTP/1.1 connections: plain HTTP.
     Plain {
@@ -130,12 +132,14 @@ pub enum UpstreamClient {
         /// The URL's path and query: on a connection of its own, the request line carries
         /// only these.
         path: Uri,
+        /// The URL's `host` header.
+        host: Option<HeaderValue>,
     },
 }
 
 impl UpstreamClient {
-    /// Sends `request` to the upstream (its URI is set here) on the calling worker's
-    /// connections and reads the whole answer, refusing a body over `max_body` bytes.
+    /// Sends `request` to the upstream (its URI and `host` header are set here) on the calling
+    /// worker's connections and reads the whole answer, refusing a body over `max_body` bytes.
     ///
     /// # Errors
     /// If no connection could be made, no complete HTTP answer came, or the body is too large.
@@ -144,12 +148,16 @@ impl UpstreamClient {
         mut request: Request<Full<Bytes>>,
         max_body: usize,
     ) -> anyhow::Result<Answer> {
+        let (Self::Pooled { host, .. } | Self::Plain { host, .. }) = self;
+        if let Some(host) = host {
+            request.headers_mut().insert(HOST, host.clone());
+        }
         match self {
-            Self::Pooled { clients, url } => {
+            Self::Pooled { clients, url, .. } => {
                 *request.uri_mut() = url.clone();
                 read_whole(clients.current().request(request).await?, max_body).await
             }
-            Self::Plain { pools, path } => {
+            Self::Plain { pools, path, .. } => {
                 *request.uri_mut() = path.clone();
                 pools.current().exchange(request, max_body).await
             }
@@ -255,6 +263,7 @@ impl Clients {
     /// given); cloning them is cheap and shares their pools.
     pub fn for_upstream(&self, upstream: &Upstream) -> UpstreamClient {
         let url = &upstream.url;
+        let host = host_header(url);
         let plain = plain::address_of(url).and_then(|address| self.plain.get(&address));
         match plain {
             Some(pools) => UpstreamClient::Plain {
@@ -262,6 +271,7 @@ impl Clients {
                 path: url
                     .path_and_query()
                     .map_or_else(|| Uri::from_static("/"), |path| Uri::from(path.clone())),
+                host,
             },
             None => UpstreamClient::Pooled {
                 clients: self
@@ -270,15 +280,16 @@ impl Clients {
                     .unwrap_or(&self.default)
                     .clone(),
                 url: url.clone(),
+                host,
             },
         }
     }
 }
 
 /// The `host` header hyper-util's client sets for `url`: the host, with the port unless it is
-/// the scheme's default. Made once per upstream: the clients would otherwise format it on
-/// every request.
-pub fn host_header(url: &Uri) -> Option<HeaderValue> {
+/// the scheme's default. Made once per upstream: hyper-util's client would otherwise format it
+/// on every request, and hyper's own connections set none.
+fn host_header(url: &Uri) -> Option<HeaderValue> {
     let host = url.host()?;
     let default_port = match url.scheme_str() {
         Some("https" | "wss") => 443,
@@ -347,6 +358,37 @@ fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::defaults;
+
+    /// A plain-HTTP upstream's requests carry only the path and query, and the URL's `host`
+    /// (hyper's own connections would send none).
+    #[tokio::test]
+    async fn a_plain_upstream_gets_the_path_and_the_urls_host() {
+        let mut upstream = plain::tests::upstream(plain::tests::Then::KeepOpen, "ok").await;
+        let config = Upstream {
+            name: "app".to_owned(),
+            url: upstream.url.clone(),
+            timeout: defaults::UPSTREAM_TIMEOUT,
+            rate_limit: None,
+            max_in_flight: defaults::UPSTREAM_MAX_IN_FLIGHT,
+            sign: Vec::new(),
+            headers: Vec::new(),
+            redact: Vec::new(),
+            ca: None,
+            client_cert: None,
+        };
+        let client = Clients::from_config(std::slice::from_ref(&config), 1, None)
+            .unwrap()
+            .for_upstream(&config);
+        assert!(matches!(client, UpstreamClient::Plain { .. }));
+        let request = Request::post("/ignored").body(Full::new(Bytes::from_static(b"{}")));
+        let (parts, body) = client.exchange(request.unwrap(), 1024).await.unwrap();
+        assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"ok"[..]));
+        let head = upstream.heads.recv().await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("post /hook?x=1 http/1.1\r\n"), "{head}");
+        let host = format!("host: {}\r\n", upstream.url.authority().unwrap());
+        assert!(head.contains(&host), "{head}");
+    }
 
     #[test]
     fn the_host_header_is_the_one_the_client_would_set() {
@@ -358,6 +400,7 @@ mod tests {
             ("https://app.internal:8443/hook", "app.internal:8443"),
             ("http://app.internal:443/hook", "app.internal:443"),
             ("https://[::1]:9443/hook", "[::1]:9443"),
+            ("http://[::1]:9000/", "[::1]:9000"),
         ] {
             let url: http::Uri = url.parse().unwrap();
             assert_eq!(host_header(&url).unwrap(), host, "{url}");

@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
 use http::{Request, Uri};
 use http_body_util::Full;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -43,8 +42,6 @@ type Sender = SendRequest<Full<Bytes>>;
 pub struct PlainPool {
     /// Where to connect, as `host:port`.
     address: String,
-    /// The `host` header for a request that has none.
-    host: HeaderValue,
     max_idle: usize,
     idle_timeout: Duration,
     /// Oldest at the front; taken from the back.
@@ -87,27 +84,23 @@ impl PlainPool {
     fn with_limits(url: &Uri, max_idle: usize, idle_timeout: Duration) -> Option<Self> {
         Some(Self {
             address: address_of(url)?,
-            host: super::host_header(url)?,
             max_idle,
             idle_timeout,
             idle: Mutex::default(),
         })
     }
 
-    /// Sends `request` (its URI as the request target: origin-form) and reads the whole
-    /// answer, refusing a body over `max_body` bytes.
+    /// Sends `request` (its URI as the request target: origin-form; its `host` header set by
+    /// the caller) and reads the whole answer, refusing a body over `max_body` bytes.
     ///
     /// # Errors
     /// If no connection could be made, the upstream gave no complete HTTP answer, or the body
     /// is too large.
     pub async fn exchange(
         self: &Arc<Self>,
-        mut request: Request<Full<Bytes>>,
+        request: Request<Full<Bytes>>,
         max_body: usize,
     ) -> anyhow::Result<Answer> {
-        if !request.headers().contains_key(HOST) {
-            request.headers_mut().insert(HOST, self.host.clone());
-        }
         let (mut sender, reused) = match self.checkout() {
             Some(sender) => (sender, true),
             None => (self.connect().await?, false),
@@ -236,7 +229,7 @@ impl PlainPool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::future::Future;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -246,22 +239,22 @@ mod tests {
 
     /// How the test upstream treats a connection after answering.
     #[derive(Clone, Copy)]
-    enum Then {
+    pub(in crate::upstream) enum Then {
         KeepOpen,
         Close,
     }
 
     /// A raw HTTP/1.1 upstream on 127.0.0.1: answers every request `200` with `answer`,
     /// counts the connections it accepted and sends each request head it read.
-    struct Upstream {
-        url: Uri,
+    pub(in crate::upstream) struct Upstream {
+        pub(in crate::upstream) url: Uri,
         accepted: Arc<AtomicUsize>,
-        heads: mpsc::UnboundedReceiver<String>,
+        pub(in crate::upstream) heads: mpsc::UnboundedReceiver<String>,
         /// Connections the client closed.
         closed: mpsc::UnboundedReceiver<()>,
     }
 
-    async fn upstream(then: Then, answer: &'static str) -> Upstream {
+    pub(in crate::upstream) async fn upstream(then: Then, answer: &'static str) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook?x=1", listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -355,10 +348,6 @@ mod tests {
             let url: Uri = url.parse().unwrap();
             assert_eq!(address_of(&url).as_deref(), address, "{url}");
         }
-        let pool = PlainPool::for_url(&"http://app.internal:80/".parse().unwrap()).unwrap();
-        assert_eq!(pool.host, "app.internal");
-        let pool = PlainPool::for_url(&"http://[::1]:9000/".parse().unwrap()).unwrap();
-        assert_eq!(pool.host, "[::1]:9000");
     }
 
     #[tokio::test]
@@ -371,11 +360,9 @@ mod tests {
         }
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
         assert_eq!(pool.idle_count(), 1);
-        // The request line is origin-form, and the host header is the URL's.
+        // The request line is origin-form (`UpstreamClient` sets the target and `host`).
         let head = upstream.heads.recv().await.unwrap();
         assert!(head.starts_with("POST /hook?x=1 HTTP/1.1\r\n"), "{head}");
-        let host = format!("host: {}\r\n", upstream.url.authority().unwrap());
-        assert!(head.to_ascii_lowercase().contains(&host), "{head}");
     }
 
     #[tokio::test]
