@@ -388,6 +388,19 @@ mod tests {
         assert_eq!(lines[0].0["field"], "noisy");
     }
 
+    /// With the thread's line buffer unavailable (here: held), a line is still written whole,
+    /// from a buffer of its own.
+    #[test]
+    fn a_line_is_written_when_the_threads_buffer_is_unavailable() {
+        let lines = LINE.with(|line| {
+            let _held = line.borrow_mut();
+            logged(|| tracing::info!(field = "value", "while held"))
+        });
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].0["message"], "while held");
+        assert_eq!(lines[0].0["field"], "value");
+    }
+
     /// A huge field is written whole, and the buffer it grew is not kept for later lines.
     #[test]
     fn a_huge_line_is_written_and_its_buffer_not_kept() {
