@@ -98,11 +98,12 @@ impl std::fmt::Debug for WorkerClients {
 pub struct WorkerPools(Arc<[Arc<PlainPool>]>);
 
 impl WorkerPools {
-    fn new(url: &Uri, workers: usize) -> Option<Self> {
-        (0..workers.max(1))
-            .map(|_| PlainPool::for_url(url).map(Arc::new))
-            .collect::<Option<Arc<[_]>>>()
-            .map(Self)
+    fn new(address: &str, workers: usize) -> Self {
+        Self(
+            (0..workers.max(1))
+                .map(|_| Arc::new(PlainPool::new(address.to_owned())))
+                .collect(),
+        )
     }
 
     /// The calling worker's pool (see [`set_worker_index`]).
@@ -226,12 +227,10 @@ impl Clients {
             if let Some(address) = plain::address_of(&upstream.url) {
                 if let Entry::Vacant(slot) = plain.entry(address) {
                     let kept = previous.and_then(|previous| previous.plain.get(slot.key()));
-                    if let Some(pools) = kept
+                    let pools = kept
                         .cloned()
-                        .or_else(|| WorkerPools::new(&upstream.url, workers))
-                    {
-                        slot.insert(pools);
-                    }
+                        .unwrap_or_else(|| WorkerPools::new(slot.key(), workers));
+                    slot.insert(pools);
                 }
             } else if let Some(config) =
                 tls_config(upstream).with_context(|| format!("upstream {:?}", upstream.name))?

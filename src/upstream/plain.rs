@@ -76,18 +76,18 @@ pub fn address_of(url: &Uri) -> Option<String> {
 pub type Answer = (http::response::Parts, Bytes);
 
 impl PlainPool {
-    /// The pool for `url`'s address; `None` unless it is an `http://` URL with a host.
-    pub fn for_url(url: &Uri) -> Option<Self> {
-        Self::with_limits(url, POOL_MAX_IDLE_PER_HOST, POOL_IDLE_TIMEOUT)
+    /// The pool for `address` (`host:port`, as [`address_of`] gives it).
+    pub fn new(address: String) -> Self {
+        Self::with_limits(address, POOL_MAX_IDLE_PER_HOST, POOL_IDLE_TIMEOUT)
     }
 
-    fn with_limits(url: &Uri, max_idle: usize, idle_timeout: Duration) -> Option<Self> {
-        Some(Self {
-            address: address_of(url)?,
+    fn with_limits(address: String, max_idle: usize, idle_timeout: Duration) -> Self {
+        Self {
+            address,
             max_idle,
             idle_timeout,
             idle: Mutex::default(),
-        })
+        }
     }
 
     /// Sends `request` (its URI as the request target: origin-form; its `host` header set by
@@ -334,7 +334,8 @@ pub(super) mod tests {
     }
 
     fn pool(url: &Uri, max_idle: usize, idle_timeout: Duration) -> Arc<PlainPool> {
-        Arc::new(PlainPool::with_limits(url, max_idle, idle_timeout).unwrap())
+        let address = address_of(url).unwrap();
+        Arc::new(PlainPool::with_limits(address, max_idle, idle_timeout))
     }
 
     #[test]
