@@ -7,6 +7,9 @@
 mod cidr;
 mod duration;
 mod load;
+/// The config test helpers (`load`, `edit`, `MINIMAL`), for other modules' tests.
+#[cfg(test)]
+pub(crate) use load::tests as test_support;
 mod raw;
 mod route_table;
 mod validate;

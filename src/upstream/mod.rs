@@ -357,28 +357,18 @@ fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::defaults;
+    use crate::config::test_support::{edit, load};
 
     /// A plain-HTTP upstream's requests carry only the path and query, and the URL's `host`
     /// (hyper's own connections would send none).
     #[tokio::test]
     async fn a_plain_upstream_gets_the_path_and_the_urls_host() {
         let mut upstream = plain::tests::upstream(plain::tests::Then::KeepOpen, "ok").await;
-        let config = Upstream {
-            name: "app".to_owned(),
-            url: upstream.url.clone(),
-            timeout: defaults::UPSTREAM_TIMEOUT,
-            rate_limit: None,
-            max_in_flight: defaults::UPSTREAM_MAX_IN_FLIGHT,
-            sign: Vec::new(),
-            headers: Vec::new(),
-            redact: Vec::new(),
-            ca: None,
-            client_cert: None,
-        };
-        let client = Clients::from_config(std::slice::from_ref(&config), 1, None)
+        let url = format!("\"{}\"", upstream.url);
+        let config = load(&edit("\"http://127.0.0.1:3000/hook\"", &url)).unwrap();
+        let client = Clients::from_config(&config.upstreams, 1, None)
             .unwrap()
-            .for_upstream(&config);
+            .for_upstream(&config.upstreams[0]);
         assert!(matches!(client, UpstreamClient::Plain { .. }));
         let request = Request::post("/ignored").body(Full::new(Bytes::from_static(b"{}")));
         let (parts, body) = client.exchange(request.unwrap(), 1024).await.unwrap();
